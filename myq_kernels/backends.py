@@ -34,12 +34,20 @@ class Backend:
         return f"{self.name:7s} {state} {self.reason}"
 
 
+# Filled on first look-up (ops.py looks up every op at import, before it registers Triton
+# for CUDA), so that traced code (torch.compile) only reads a dict.
+_EXTENSION_KERNELS = {}
+
+
 def extension_has_kernel(op: str, device_type: str) -> bool:
     """True when the compiled extension registered `myq::op` for that device."""
-    if _EXTENSION_ERROR is not None:
-        return False
-    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
-    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"myq::{op}", key)
+    found = _EXTENSION_KERNELS.get((op, device_type))
+    if found is None:
+        key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
+        found = (_EXTENSION_ERROR is None and key is not None
+                 and torch._C._dispatch_has_kernel_for_dispatch_key(f"myq::{op}", key))
+        _EXTENSION_KERNELS[(op, device_type)] = found
+    return found
 
 
 def triton_interpreted() -> bool:

@@ -7,8 +7,8 @@ compiled extension (TORCH_LIBRARY_IMPL in csrc/), Triton for CUDA when the compi
 CUDA kernels are absent. The public functions below check their arguments, then call
 the backend chosen by `backends.py`: compiled kernel -> Triton -> reference.
 """
-import functools
 import importlib
+import importlib.util
 
 import torch
 
@@ -75,14 +75,12 @@ def _triton_module():
     return importlib.import_module("myq_kernels.triton")
 
 
-@functools.cache
-def _triton_installed() -> bool:
-    return importlib.util.find_spec("triton") is not None
+TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 
 
 def _register_triton_for_cuda():
     for name in SCHEMAS:
-        if extension_has_kernel(name, "cuda"):
+        if extension_has_kernel(name, "cuda"):  # looked up before Triton is registered
             continue
 
         def kernel(*args, _name=name):
@@ -91,7 +89,10 @@ def _register_triton_for_cuda():
         torch.library.register_kernel(f"myq::{name}", "cuda", kernel)
 
 
-if _triton_installed():
+for _name in SCHEMAS:
+    for _device_type in ("cpu", "cuda"):
+        extension_has_kernel(_name, _device_type)
+if TRITON_INSTALLED:
     _register_triton_for_cuda()
 
 
@@ -104,7 +105,7 @@ def select_backend(op: str, device: torch.device) -> str:
         raise RuntimeError(
             f"MYQ_BACKEND=cpp, but the compiled extension has no {device.type} kernel for {op} "
             "(see myq_kernels.backends())")
-    if forced == "triton" and not (_triton_installed() and (
+    if forced == "triton" and not (TRITON_INSTALLED and (
             device.type == "cuda" or (device.type == "cpu" and triton_interpreted()))):
         raise RuntimeError(
             f"MYQ_BACKEND=triton cannot run on {device.type} here: Triton needs a CUDA device, "
@@ -113,7 +114,7 @@ def select_backend(op: str, device: torch.device) -> str:
         return forced
     if extension_has_kernel(op, device.type):
         return "cpp"
-    if device.type == "cuda" and _triton_installed():
+    if device.type == "cuda" and TRITON_INSTALLED:
         return "triton"
     return "torch"
 

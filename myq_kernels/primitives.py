@@ -72,10 +72,10 @@ def zeropoint_quantize(w: torch.Tensor, bits: int = 8, granularity="channel"):
 def dequantize(q: torch.Tensor, scale: torch.Tensor, zero=None, granularity="channel"):
     """float32 `(q - zero) * scale` for either quantizer's output (zero=None: symmetric)."""
     groups, _ = _grouped(q.float(), granularity)
-    expand = (lambda t: t.reshape(1, 1)) if granularity == "tensor" else (lambda t: t.unsqueeze(-1))
+    per_group = groups.shape[:-1] + (1,)
     if zero is not None:
-        groups = groups - expand(zero.float())
-    return (groups * expand(scale.float())).reshape(q.shape)
+        groups = groups - zero.float().reshape(per_group)
+    return (groups * scale.float().reshape(per_group)).reshape(q.shape)
 
 
 def quantize_int4_weight(w: torch.Tensor, group_size: int, symmetric: bool = False):
