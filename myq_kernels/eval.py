@@ -1,0 +1,93 @@
+"""Evaluation: perplexity on fixed token windows, embedding similarity, decode / prefill speed."""
+import math
+import statistics
+import time
+
+import torch
+
+
+def token_windows(tokenizer, text: str, window: int = 512, max_windows: int = None) -> torch.Tensor:
+    """[n, window] token ids: the text tokenized once and cut into non-overlapping windows."""
+    if window < 2:
+        raise ValueError(f"window must be at least 2 tokens, got {window}")
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids[0]
+    n = ids.numel() // window
+    if max_windows is not None:
+        n = min(n, max_windows)
+    if n == 0:
+        raise ValueError(f"the text has {ids.numel()} tokens, fewer than one window of {window}")
+    return ids[: n * window].reshape(n, window)
+
+
+@torch.inference_mode()
+def perplexity(model, windows: torch.Tensor, batch_size: int = 1, progress: bool = False) -> float:
+    """exp(mean next-token negative log-likelihood) over every window of `windows` [n, T].
+
+    Each window is scored on its own (no context carried over), so results are comparable
+    between models as long as the windows are the same.
+    """
+    if windows.dim() != 2:
+        raise ValueError(f"windows must be [n, T] token ids, got shape {list(windows.shape)}")
+    device = next(model.parameters(), next(model.buffers(), torch.empty(0))).device
+    total_nll, total_tokens = 0.0, 0
+    chunks = list(torch.split(windows, batch_size))
+    if progress:
+        from tqdm.auto import tqdm
+        chunks = tqdm(chunks, desc="perplexity", unit="batch", leave=False)
+    for chunk in chunks:
+        chunk = chunk.to(device)
+        logits = model(input_ids=chunk).logits.float()
+        nll = torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]), chunk[:, 1:].reshape(-1), reduction="sum")
+        total_nll += nll.item()
+        total_tokens += chunk[:, 1:].numel()
+    return math.exp(total_nll / total_tokens)
+
+
+@torch.inference_mode()
+def sentence_embeddings(model, tokenizer, sentences, normalize: bool = True) -> torch.Tensor:
+    """Mean-pooled (attention-masked) last hidden states, L2-normalised: sentence-transformers style."""
+    batch = tokenizer(list(sentences), padding=True, truncation=True, return_tensors="pt")
+    hidden = model(**batch).last_hidden_state.float()
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    emb = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    return torch.nn.functional.normalize(emb, dim=-1) if normalize else emb
+
+
+def _timed(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@torch.inference_mode()
+def prefill_tokens_per_s(model, input_ids: torch.Tensor, repeats: int = 3, warmup: int = 1) -> float:
+    """Tokens per second of one forward pass over `input_ids` [B, T] (median of `repeats`)."""
+    for _ in range(warmup):
+        model(input_ids=input_ids)
+    t = _timed(lambda: model(input_ids=input_ids), repeats)
+    return input_ids.numel() / t
+
+
+@torch.inference_mode()
+def decode_tokens_per_s(model, input_ids: torch.Tensor, new_tokens: int = 32, repeats: int = 2) -> float:
+    """Greedy decode speed at the batch of `input_ids` (use [1, T] for batch 1), tokens/s.
+
+    Times generate() for `new_tokens` and for 1 token and divides the difference, so the
+    prompt's prefill is not counted.
+    """
+    if new_tokens < 2:
+        raise ValueError("new_tokens must be at least 2")
+
+    def gen(n):
+        return model.generate(input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=n,
+                              min_new_tokens=n, do_sample=False,
+                              pad_token_id=getattr(model.config, "eos_token_id", None) or 0)
+
+    gen(2)  # warm-up
+    t_long = _timed(lambda: gen(new_tokens), repeats)
+    t_one = _timed(lambda: gen(1), repeats)
+    return (new_tokens - 1) * input_ids.shape[0] / max(t_long - t_one, 1e-9)
