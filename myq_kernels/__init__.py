@@ -4,6 +4,7 @@ from .ops import (
     int4_linear,
     int8_linear,
     int8_linear_dynamic,
+    llm_int8_linear,
     pack_int4,
     select_backend,
     unpack_int4,

@@ -133,6 +133,15 @@ register_scheme(Scheme(
     lambda m, x: ops.int4_linear(x, m.weight_packed, m.weight_scale, m.weight_zero, m.group_size, m.bias),
     _int4_dequantize, uses_group_size=True, float32_buffers=("weight_scale", "weight_zero")))
 
+LLM_INT8_THRESHOLD = 6.0
+register_scheme(Scheme(
+    "llm_int8", "LLM.int8(): int8 weights (per-channel absmax); activation columns above a threshold "
+                "(6.0) in floating point, the rest int8 per token",
+    _int8_layout, _int8_quantize,
+    lambda m, x: ops.llm_int8_linear(x, m.weight, m.weight_scale, m.bias,
+                                     getattr(m, "llm_int8_threshold", LLM_INT8_THRESHOLD)),
+    _int8_dequantize, extra={"threshold": LLM_INT8_THRESHOLD}))
+
 
 # ---- the module ---------------------------------------------------------------------------
 

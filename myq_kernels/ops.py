@@ -31,6 +31,15 @@ SCHEMAS = {
 for _schema in SCHEMAS.values():
     _lib.define(_schema)
 
+# Composite ops: built from the ops above (no backend kernel of their own), declared the same
+# way (schema, fake, reference as the default kernel) so they work under opcheck / torch.compile.
+COMPOSITE_SCHEMAS = {
+    "llm_int8_linear": "llm_int8_linear(Tensor x, Tensor weight, Tensor scale, Tensor? bias=None, "
+                       "float threshold=6.0) -> Tensor",
+}
+for _schema in COMPOSITE_SCHEMAS.values():
+    _lib.define(_schema)
+
 
 # ---- fake functions: output shape and dtype only (torch.compile, meta tensors) -------
 
@@ -53,6 +62,11 @@ def _(x, packed, scales, zeros, group_size, bias=None):
     return _linear_out(x, packed.shape[0])
 
 
+@torch.library.register_fake("myq::llm_int8_linear")
+def _(x, weight, scale, bias=None, threshold=6.0):
+    return _linear_out(x, weight.shape[0])
+
+
 @torch.library.register_fake("myq::pack_int4")
 def _(q):
     return q.new_empty((*q.shape[:-1], q.shape[-1] // 2), dtype=torch.uint8)
@@ -65,7 +79,7 @@ def _(packed):
 
 # ---- default implementation: the reference, for any device without a kernel ----------
 
-for _name in SCHEMAS:
+for _name in (*SCHEMAS, *COMPOSITE_SCHEMAS):
     torch.library.register_kernel(f"myq::{_name}", "default", getattr(reference, _name))
 
 
@@ -269,3 +283,27 @@ def unpack_int4(packed):
     if packed.dim() < 1:
         raise ValueError("packed must have at least one dimension")
     return _call("unpack_int4", packed.device, packed)
+
+
+def llm_int8_linear(x, weight, scale, bias=None, threshold=6.0):
+    """LLM.int8() mixed decomposition with int8 `weight` [N, K] and per-channel `scale` [N].
+
+    Feature columns of x whose magnitude exceeds `threshold` in any token (the outliers) are
+    multiplied in floating point with the matching dequantized weight columns; the others go
+    through the W8A8 int8 GEMM (`int8_linear_dynamic`: per-token x per-channel scales). The two
+    partial results are summed (+ bias). threshold=inf gives plain W8A8.
+    """
+    _check_int8_args(x, weight, scale, bias)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+        raise TypeError(f"threshold must be a float, got {type(threshold).__name__}")
+    threshold = float(threshold)
+    if not threshold >= 0:  # also rejects NaN
+        raise ValueError(f"threshold must be >= 0 (the outlier magnitude), got {threshold}")
+    if torch.compiler.is_compiling() or extension_has_kernel("llm_int8_linear", x.device.type):
+        return torch.ops.myq.llm_int8_linear(x, weight, scale, bias, threshold)
+    if forced_backend() == "torch":
+        return reference.llm_int8_linear(x, weight, scale, bias, threshold)
+    # The int8 part runs on the best backend for int8_linear_dynamic (compiled kernel if built).
+    return reference.llm_int8_decomposed(
+        x, weight, scale, bias, threshold,
+        lambda xi, w, s, b: _call("int8_linear_dynamic", xi.device, xi, w, s, b))

@@ -68,3 +68,32 @@ def int4_linear(x, packed, scales, zeros, group_size, bias=None):
     dt = _compute_dtype(x)
     w = dequantize_int4(packed, scales, zeros, group_size, dt)
     return _add_bias(x.to(dt) @ w.T, bias).to(x.dtype)
+
+
+# ---- LLM.int8() mixed decomposition --------------------------------------------------------
+
+def llm_int8_outlier_mask(x, threshold):
+    """bool [K]: feature columns of x [..., K] whose magnitude exceeds `threshold` in any token."""
+    k = x.shape[-1]
+    flat = x.reshape(-1, k)
+    if flat.shape[0] == 0:
+        return torch.zeros(k, dtype=torch.bool, device=x.device)
+    return flat.abs().amax(dim=0) > threshold
+
+
+def llm_int8_decomposed(x, weight, scale, bias, threshold, int8_dynamic):
+    """LLM.int8(): outlier columns (|x| > threshold in any token) in floating point against the
+    dequantized weight columns, the rest through `int8_dynamic` (per-token x per-channel int8
+    GEMM); the two partial products are summed. Vectorized: no loop over columns."""
+    dt = _compute_dtype(x)
+    mask = llm_int8_outlier_mask(x, threshold)
+    cols = mask.nonzero().squeeze(-1)
+    y = int8_dynamic(x.masked_fill(mask, 0), weight, scale, None).to(dt)
+    if cols.numel():
+        w_out = weight.index_select(1, cols).to(dt) * scale.to(dt).unsqueeze(-1)
+        y = y + x.index_select(-1, cols).to(dt) @ w_out.T
+    return _add_bias(y, bias).to(x.dtype)
+
+
+def llm_int8_linear(x, weight, scale, bias=None, threshold=6.0):
+    return llm_int8_decomposed(x, weight, scale, bias, threshold, int8_linear_dynamic)
