@@ -1,0 +1,213 @@
+// W8A8 kernels: per-token int8 quantization of x, int8 x int8 -> int32 products.
+//
+// quantize_rows: row absmax / 127, IEEE division, round half to even, clamp to +-127
+// (bit-identical to reference.quantize_per_token).
+// int8_gemm_dynamic: a register-blocked dot-product microkernel, MR rows of q x NR
+// weight rows, K in 64-byte steps. AVX-512 VNNI uses vpdpbusd (u8 x s8): the weights
+// are made unsigned by flipping their sign bit (w + 128) and the excess 128 * sum_k q[m, k]
+// is subtracted per row of q, so no pass over the weights is needed (and the int32
+// arithmetic is exact modulo 2^32, hence exact whenever the true sum fits int32).
+// AVX2 widens to int16 and uses vpmaddwd (exact, no saturation).
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "kernels.h"
+
+namespace myq {
+namespace {
+
+constexpr int kNR = 4;
+
+// ---------------------------------------------------------------- quantization
+void quantize_row_scalar(const float* x, int64_t K, int8_t* q, int64_t ldq, float* rs,
+                         int32_t* qsum) {
+  float amax = 0.f;
+  for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(x[k]));
+  const float s = amax / 127.0f;
+  const float safe = s > 0.f ? s : 1.f;
+  int32_t sum = 0;
+  for (int64_t k = 0; k < K; ++k) {
+    float r = std::nearbyint(x[k] / safe);  // default rounding mode: half to even
+    r = std::min(127.f, std::max(-127.f, r));
+    q[k] = static_cast<int8_t>(r);
+    sum += q[k];
+  }
+  for (int64_t k = K; k < ldq; ++k) q[k] = 0;
+  *rs = s;
+  *qsum = sum;
+}
+
+MYQ_TARGET_AVX512 void quantize_row_avx512(const float* x, int64_t K, int8_t* q, int64_t ldq,
+                                           float* rs, int32_t* qsum) {
+  __m512 vmax = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 16 <= K; k += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_loadu_ps(x + k)));
+  if (k < K) {
+    const __mmask16 mask = static_cast<__mmask16>((1u << (K - k)) - 1);
+    vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_maskz_loadu_ps(mask, x + k)));
+  }
+  const float s = _mm512_reduce_max_ps(vmax) / 127.0f;
+  const __m512 safe = _mm512_set1_ps(s > 0.f ? s : 1.f);
+  const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
+  __m512i vsum = _mm512_setzero_si512();
+  for (k = 0; k < ldq; k += 16) {
+    const int64_t left = K - k;
+    const __mmask16 mask = left >= 16 ? __mmask16(0xFFFF)
+                           : left > 0 ? static_cast<__mmask16>((1u << left) - 1) : __mmask16(0);
+    // cvtps_epi32 rounds with MXCSR's mode: to nearest even.
+    __m512i v = _mm512_cvtps_epi32(_mm512_div_ps(_mm512_maskz_loadu_ps(mask, x + k), safe));
+    v = _mm512_min_epi32(_mm512_max_epi32(v, lo), hi);
+    v = _mm512_maskz_mov_epi32(mask, v);
+    vsum = _mm512_add_epi32(vsum, v);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + k), _mm512_cvtepi32_epi8(v));
+  }
+  *rs = s;
+  *qsum = _mm512_reduce_add_epi32(vsum);
+}
+
+// ---------------------------------------------------------------- scalar dot
+int32_t dot_scalar(const int8_t* q, const int8_t* w, int64_t K) {
+  int32_t acc = 0;
+  for (int64_t k = 0; k < K; ++k) acc += static_cast<int32_t>(q[k]) * static_cast<int32_t>(w[k]);
+  return acc;
+}
+
+// ---------------------------------------------------------------- AVX-512 VNNI
+// out[i*kNR + j] = sum_k q[i, k] * w_j[k], exact.
+template <int MR>
+MYQ_TARGET_AVX512 void block_vnni(const int8_t* q, int64_t ldq, const int32_t* qsum, int64_t K,
+                                  const int8_t* const* wr, int32_t* out) {
+  __m512i acc[MR][kNR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < kNR; ++j) acc[i][j] = _mm512_setzero_si512();
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  int64_t k = 0;
+  for (; k + 64 <= K; k += 64) {
+    __m512i qv[MR];
+    for (int i = 0; i < MR; ++i) qv[i] = _mm512_loadu_si512(q + i * ldq + k);
+    for (int j = 0; j < kNR; ++j) {
+      const __m512i wv = _mm512_xor_si512(_mm512_loadu_si512(wr[j] + k), flip);
+      for (int i = 0; i < MR; ++i) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], wv, qv[i]);
+    }
+  }
+  if (k < K) {  // q is zero-padded to ldq >= round_up(K, 64): masked-off weights meet q = 0
+    const __mmask64 mask = (~0ull) >> (64 - (K - k));
+    __m512i qv[MR];
+    for (int i = 0; i < MR; ++i) qv[i] = _mm512_loadu_si512(q + i * ldq + k);
+    for (int j = 0; j < kNR; ++j) {
+      const __m512i wv = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mask, wr[j] + k), flip);
+      for (int i = 0; i < MR; ++i) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], wv, qv[i]);
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < kNR; ++j)
+      out[i * kNR + j] = static_cast<int32_t>(
+          static_cast<uint32_t>(_mm512_reduce_add_epi32(acc[i][j])) -
+          128u * static_cast<uint32_t>(qsum[i]));
+}
+
+// ---------------------------------------------------------------- AVX2
+MYQ_TARGET_AVX2 inline int32_t hsum_epi32_avx2(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+  return _mm_cvtsi128_si32(s);
+}
+
+template <int MR>
+MYQ_TARGET_AVX2 void block_avx2(const int8_t* q, int64_t ldq, const int32_t* qsum, int64_t K,
+                                const int8_t* const* wr, int32_t* out) {
+  (void)qsum;
+  __m256i acc[MR][kNR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < kNR; ++j) acc[i][j] = _mm256_setzero_si256();
+  int64_t k = 0;
+  for (; k + 16 <= K; k += 16) {
+    __m256i qv[MR];
+    for (int i = 0; i < MR; ++i)
+      qv[i] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + i * ldq + k)));
+    for (int j = 0; j < kNR; ++j) {
+      const __m256i wv =
+          _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wr[j] + k)));
+      for (int i = 0; i < MR; ++i)
+        acc[i][j] = _mm256_add_epi32(acc[i][j], _mm256_madd_epi16(wv, qv[i]));
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < kNR; ++j)
+      out[i * kNR + j] = hsum_epi32_avx2(acc[i][j]) + dot_scalar(q + i * ldq + k, wr[j] + k, K - k);
+}
+
+template <int MR, Isa kIsa>
+void run_block(const int8_t* q, int64_t ldq, const int32_t* qsum, int64_t K,
+               const int8_t* const* wr, int32_t* out) {
+  if constexpr (kIsa == Isa::Avx512Vnni) block_vnni<MR>(q, ldq, qsum, K, wr, out);
+  else if constexpr (kIsa == Isa::Avx2) block_avx2<MR>(q, ldq, qsum, K, wr, out);
+  else
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < kNR; ++j) out[i * kNR + j] = dot_scalar(q + i * ldq, wr[j], K);
+}
+
+template <Isa kIsa>
+void gemm(const int8_t* q, int64_t ldq, const float* rs, const int32_t* qsum, int64_t K,
+          const int8_t* w, const float* scale, const float* bias, float* y, int64_t ldy,
+          int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  constexpr int kMaxMR = kIsa == Isa::Avx512Vnni ? 4 : 2;
+  int32_t out[kMaxMR * kNR];
+  for (int64_t nb = n0; nb < n1; nb += kNR) {
+    const int nr = static_cast<int>(std::min<int64_t>(kNR, n1 - nb));
+    const int8_t* wr[kNR];
+    for (int j = 0; j < kNR; ++j) wr[j] = w + (nb + std::min(j, nr - 1)) * K;
+    for (int64_t m = m0; m < m1; m += kMaxMR) {
+      const int mr = static_cast<int>(std::min<int64_t>(kMaxMR, m1 - m));
+      const int8_t* qm = q + m * ldq;
+      switch (mr) {
+        case 1: run_block<1, kIsa>(qm, ldq, qsum + m, K, wr, out); break;
+        case 2: run_block<2, kIsa>(qm, ldq, qsum + m, K, wr, out); break;
+        case 3: if constexpr (kMaxMR >= 3) run_block<3, kIsa>(qm, ldq, qsum + m, K, wr, out); break;
+        default: if constexpr (kMaxMR >= 4) run_block<4, kIsa>(qm, ldq, qsum + m, K, wr, out); break;
+      }
+      // Same operation order as the reference: ((acc * row scale) * scale) + bias. This
+      // is plain (non-FMA) code: baseline x86-64 has no FMA to contract into.
+      for (int i = 0; i < mr; ++i)
+        for (int j = 0; j < nr; ++j) {
+          const int64_t n = nb + j;
+          float v = static_cast<float>(out[i * kNR + j]) * rs[m + i];
+          v = v * scale[n];
+          if (bias) v = v + bias[n];
+          y[(m + i) * ldy + n] = v;
+        }
+    }
+  }
+}
+
+}  // namespace
+
+void quantize_rows(Isa isa, const float* x, int64_t K, int8_t* q, int64_t ldq, float* rs,
+                   int32_t* qsum, int64_t m0, int64_t m1) {
+  for (int64_t m = m0; m < m1; ++m) {
+    if (isa == Isa::Avx512Vnni) quantize_row_avx512(x + m * K, K, q + m * ldq, ldq, rs + m, qsum + m);
+    else quantize_row_scalar(x + m * K, K, q + m * ldq, ldq, rs + m, qsum + m);
+  }
+}
+
+void int8_gemm_dynamic(Isa isa, const int8_t* q, int64_t ldq, const float* rs,
+                       const int32_t* qsum, int64_t K, const int8_t* w, const float* scale,
+                       const float* bias, float* y, int64_t ldy, int64_t m0, int64_t m1,
+                       int64_t n0, int64_t n1) {
+  switch (isa) {
+    case Isa::Avx512Vnni:
+      gemm<Isa::Avx512Vnni>(q, ldq, rs, qsum, K, w, scale, bias, y, ldy, m0, m1, n0, n1);
+      break;
+    case Isa::Avx2:
+      gemm<Isa::Avx2>(q, ldq, rs, qsum, K, w, scale, bias, y, ldy, m0, m1, n0, n1);
+      break;
+    default:
+      gemm<Isa::Scalar>(q, ldq, rs, qsum, K, w, scale, bias, y, ldy, m0, m1, n0, n1);
+      break;
+  }
+}
+
+}  // namespace myq

@@ -1,0 +1,188 @@
+// W8A16 kernels: int8 weights [N, K] times float32 activations, fp32 accumulation.
+//
+// Small M (decode): each weight row is streamed once per block of MR activation rows;
+// int8 is widened to fp32 in registers and FMA'd against x, NR weight rows at a time,
+// so each x vector load feeds NR FMAs and each weight vector feeds MR FMAs.
+// Large M: int8_dequant fills a tile that the binding multiplies with at::mm.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <type_traits>
+
+#include "kernels.h"
+
+namespace myq {
+namespace {
+
+constexpr int kNR = 4;  // weight rows per register block
+
+// ---------------------------------------------------------------- scalar
+void gemv_scalar(const float* x, int64_t M, int64_t K, const int8_t* w, const float* scale,
+                 const float* bias, float* y, int64_t ldy, int64_t n0, int64_t n1) {
+  for (int64_t n = n0; n < n1; ++n) {
+    const int8_t* wr = w + n * K;
+    for (int64_t m = 0; m < M; ++m) {
+      const float* xr = x + m * K;
+      float acc = 0.f;
+      for (int64_t k = 0; k < K; ++k) acc += xr[k] * static_cast<float>(wr[k]);
+      y[m * ldy + n] = acc * scale[n] + (bias ? bias[n] : 0.f);
+    }
+  }
+}
+
+// ---------------------------------------------------------------- AVX-512
+MYQ_TARGET_AVX512 inline __m512 load_i8_ps_avx512(const int8_t* p) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
+MYQ_TARGET_AVX512 inline __m512 maskload_i8_ps_avx512(__mmask16 mask, const int8_t* p) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, p)));
+}
+
+// out[i*kNR + j] = dot(x row i, weight row j), i < MR.
+template <int MR>
+MYQ_TARGET_AVX512 void block_avx512(const float* x, int64_t K, const int8_t* const* wr,
+                                    float* out) {
+  __m512 acc[MR][kNR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < kNR; ++j) acc[i][j] = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 16 <= K; k += 16) {
+    __m512 xv[MR];
+    for (int i = 0; i < MR; ++i) xv[i] = _mm512_loadu_ps(x + i * K + k);
+    for (int j = 0; j < kNR; ++j) {
+      __m512 wv = load_i8_ps_avx512(wr[j] + k);
+      for (int i = 0; i < MR; ++i) acc[i][j] = _mm512_fmadd_ps(xv[i], wv, acc[i][j]);
+    }
+  }
+  if (k < K) {
+    const __mmask16 mask = static_cast<__mmask16>((1u << (K - k)) - 1);
+    __m512 xv[MR];
+    for (int i = 0; i < MR; ++i) xv[i] = _mm512_maskz_loadu_ps(mask, x + i * K + k);
+    for (int j = 0; j < kNR; ++j) {
+      __m512 wv = maskload_i8_ps_avx512(mask, wr[j] + k);
+      for (int i = 0; i < MR; ++i) acc[i][j] = _mm512_fmadd_ps(xv[i], wv, acc[i][j]);
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < kNR; ++j) out[i * kNR + j] = _mm512_reduce_add_ps(acc[i][j]);
+}
+
+// ---------------------------------------------------------------- AVX2
+MYQ_TARGET_AVX2 inline float hsum_avx2(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+template <int MR>
+MYQ_TARGET_AVX2 void block_avx2(const float* x, int64_t K, const int8_t* const* wr,
+                                float* out) {
+  __m256 acc[MR][kNR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < kNR; ++j) acc[i][j] = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8) {
+    __m256 xv[MR];
+    for (int i = 0; i < MR; ++i) xv[i] = _mm256_loadu_ps(x + i * K + k);
+    for (int j = 0; j < kNR; ++j) {
+      __m256 wv = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
+          _mm_loadl_epi64(reinterpret_cast<const __m128i*>(wr[j] + k))));
+      for (int i = 0; i < MR; ++i) acc[i][j] = _mm256_fmadd_ps(xv[i], wv, acc[i][j]);
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < kNR; ++j) {
+      float s = hsum_avx2(acc[i][j]);
+      for (int64_t kk = k; kk < K; ++kk) s += x[i * K + kk] * static_cast<float>(wr[j][kk]);
+      out[i * kNR + j] = s;
+    }
+}
+
+// ---------------------------------------------------------------- driver (all vector paths)
+template <int MR, bool kAvx512>
+void run_block(const float* x, int64_t K, const int8_t* const* wr, float* out) {
+  if constexpr (kAvx512) block_avx512<MR>(x, K, wr, out);
+  else block_avx2<MR>(x, K, wr, out);
+}
+
+template <bool kAvx512>
+void gemv_vector(const float* x, int64_t M, int64_t K, const int8_t* w, const float* scale,
+                 const float* bias, float* y, int64_t ldy, int64_t n0, int64_t n1) {
+  constexpr int kMaxMR = kAvx512 ? 4 : 2;  // 16 zmm / 8 ymm accumulators
+  float out[kMaxMR * kNR];
+  for (int64_t nb = n0; nb < n1; nb += kNR) {
+    const int nr = static_cast<int>(std::min<int64_t>(kNR, n1 - nb));
+    const int8_t* wr[kNR];
+    for (int j = 0; j < kNR; ++j) wr[j] = w + (nb + std::min(j, nr - 1)) * K;  // pad: repeat last
+    for (int64_t m = 0; m < M; m += kMaxMR) {
+      const int mr = static_cast<int>(std::min<int64_t>(kMaxMR, M - m));
+      const float* xm = x + m * K;
+      switch (mr) {
+        case 1: run_block<1, kAvx512>(xm, K, wr, out); break;
+        case 2: run_block<2, kAvx512>(xm, K, wr, out); break;
+        case 3: if constexpr (kMaxMR >= 3) run_block<3, kAvx512>(xm, K, wr, out); break;
+        default: if constexpr (kMaxMR >= 4) run_block<4, kAvx512>(xm, K, wr, out); break;
+      }
+      for (int i = 0; i < mr; ++i)
+        for (int j = 0; j < nr; ++j) {
+          const int64_t n = nb + j;
+          y[(m + i) * ldy + n] = out[i * kNR + j] * scale[n] + (bias ? bias[n] : 0.f);
+        }
+    }
+  }
+}
+
+// ---------------------------------------------------------------- dequant
+template <typename T>
+void dequant_scalar(const int8_t* w, int64_t K, int64_t n0, int64_t n1, T* tile) {
+  const int8_t* src = w + n0 * K;
+  const int64_t count = (n1 - n0) * K;
+  for (int64_t i = 0; i < count; ++i) tile[i] = static_cast<T>(static_cast<float>(src[i]));
+}
+
+template <typename T>
+MYQ_TARGET_AVX512 void dequant_avx512(const int8_t* w, int64_t K, int64_t n0, int64_t n1,
+                                      T* tile) {
+  const int8_t* src = w + n0 * K;
+  const int64_t count = (n1 - n0) * K;
+  int64_t i = 0;
+  for (; i < count; i += 16) {
+    const __mmask16 mask =
+        count - i >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (count - i)) - 1);
+    __m512i v = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, src + i));
+    if constexpr (std::is_same_v<T, float>) {
+      _mm512_mask_storeu_ps(tile + i, mask, _mm512_cvtepi32_ps(v));
+    } else {
+      // |w| <= 128 is exact in bf16: the top 16 bits of the float are the bf16 value.
+      __m512i bits = _mm512_srli_epi32(_mm512_castps_si512(_mm512_cvtepi32_ps(v)), 16);
+      _mm256_mask_storeu_epi16(tile + i, mask, _mm512_cvtepi32_epi16(bits));
+    }
+  }
+}
+
+}  // namespace
+
+void int8_gemv(Isa isa, const float* x, int64_t M, int64_t K, const int8_t* w,
+               const float* scale, const float* bias, float* y, int64_t ldy, int64_t n0,
+               int64_t n1) {
+  switch (isa) {
+    case Isa::Avx512Vnni: gemv_vector<true>(x, M, K, w, scale, bias, y, ldy, n0, n1); break;
+    case Isa::Avx2: gemv_vector<false>(x, M, K, w, scale, bias, y, ldy, n0, n1); break;
+    default: gemv_scalar(x, M, K, w, scale, bias, y, ldy, n0, n1); break;
+  }
+}
+
+template <typename T>
+void int8_dequant(Isa isa, const int8_t* w, int64_t K, int64_t n0, int64_t n1, T* tile) {
+  // The AVX2 path relies on the compiler's auto-vectorised scalar loop (baseline SSE2):
+  // the dequant is a small part of a large-M product.
+  if (isa == Isa::Avx512Vnni) dequant_avx512<T>(w, K, n0, n1, tile);
+  else dequant_scalar<T>(w, K, n0, n1, tile);
+}
+
+template void int8_dequant<float>(Isa, const int8_t*, int64_t, int64_t, int64_t, float*);
+template void int8_dequant<c10::BFloat16>(Isa, const int8_t*, int64_t, int64_t, int64_t,
+                                          c10::BFloat16*);
+
+}  // namespace myq

@@ -1,0 +1,24 @@
+// Run-time ISA selection for the CPU kernels.
+//
+// The AVX-512 and AVX2 code is compiled per function with target attributes (no global
+// -mavx* flags), and one of the paths below is chosen once, at the first call, from
+// __builtin_cpu_supports. MYQ_CPU_ISA=avx512_vnni|avx2|scalar forces a path (a path the
+// CPU cannot run is lowered to the best one it can), so tests can cover every path on
+// one machine.
+#pragma once
+
+namespace myq {
+
+enum class Isa { Scalar = 0, Avx2 = 1, Avx512Vnni = 2 };
+
+// The path every kernel takes in this process (computed once, thread-safe).
+Isa cpu_isa();
+const char* isa_name(Isa isa);
+
+}  // namespace myq
+
+// Function attributes for the vector paths. Helpers called from such a function must
+// carry the same attribute (GCC refuses to inline across target mismatches).
+#define MYQ_TARGET_AVX512 \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi,bmi2")))
+#define MYQ_TARGET_AVX2 __attribute__((target("avx2,fma,f16c,bmi,bmi2")))

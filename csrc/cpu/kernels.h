@@ -1,0 +1,69 @@
+// Kernel entry points of the CPU backend: raw pointers, no tensors, no threading.
+//
+// The ATen binding (ops_cpu.cpp) checks and prepares tensors, converts activations to
+// float32 (or keeps bfloat16 for the tiled large-M path), splits the work with
+// at::parallel_for and calls these on disjoint blocks of output columns [n0, n1).
+// Every function takes the ISA path to run (see isa.h); all paths give the same results
+// up to float summation order (the W8A8 integer sums are exact on every path).
+#pragma once
+
+#include <cstdint>
+
+#include <c10/util/BFloat16.h>
+
+#include "isa.h"
+
+namespace myq {
+
+// ---- W8A16 (int8_linear.cpp) ---------------------------------------------------------
+// Small M: y[m*ldy + n] = (sum_k x[m*K + k] * w[n*K + k]) * scale[n] + bias[n] for every
+// m < M and n in [n0, n1). x float32 [M, K] contiguous; bias may be null.
+void int8_gemv(Isa isa, const float* x, int64_t M, int64_t K, const int8_t* w,
+               const float* scale, const float* bias, float* y, int64_t ldy, int64_t n0,
+               int64_t n1);
+
+// Large M: tile[(n - n0)*K + k] = w[n*K + k] (exact: int8 values are exact in bf16 too).
+template <typename T>  // float or c10::BFloat16
+void int8_dequant(Isa isa, const int8_t* w, int64_t K, int64_t n0, int64_t n1, T* tile);
+
+// ---- W4A16 (int4_linear.cpp) ---------------------------------------------------------
+// The small-M kernel reads activations reordered in chunks of 32: chunk c holds
+// x[32c + 0, 2, ..., 30] then x[32c + 1, 3, ..., 31], matching the nibble order of 16
+// packed bytes. It needs group_size % kInt4Chunk == 0 (K is a multiple of group_size).
+constexpr int64_t kInt4Chunk = 32;
+bool int4_gemv_supported(int64_t group_size);
+// xp[m*K + ...] = x reordered as above; xsum[m*G + g] = sum of x[m, group g].
+void int4_prepare_x(const float* x, int64_t M, int64_t K, int64_t group_size, float* xp,
+                    float* xsum);
+// y[m*ldy + n] = sum_k x[m, k] * (q[n, k] - zeros[n, g]) * scales[n, g] + bias[n],
+// g = k / group_size; scales and zeros float32 [N, K/group_size]; zeros null means 8.
+void int4_gemv(Isa isa, const float* xp, const float* xsum, int64_t M, int64_t K,
+               const uint8_t* packed, const float* scales, const float* zeros,
+               int64_t group_size, const float* bias, float* y, int64_t ldy, int64_t n0,
+               int64_t n1);
+// tile[(n - n0)*K + k] = (q[n, k] - zeros[n, g]) * scales[n, g] in natural k order.
+template <typename T>  // float or c10::BFloat16 (rounded to nearest even)
+void int4_dequant(Isa isa, const uint8_t* packed, const float* scales, const float* zeros,
+                  int64_t group_size, int64_t K, int64_t n0, int64_t n1, T* tile);
+
+// ---- W8A8 (int8_gemm_dynamic.cpp) ----------------------------------------------------
+// Rows of x padded to ldq = round_up(K, kQuantPad) bytes (pad is zero).
+constexpr int64_t kQuantPad = 64;
+// Per row m: rs[m] = max|x[m, :]| / 127, q = round_half_even(x / rs) clamped to
+// [-127, 127] (0 for an all-zero row), qsum[m] = sum_k q[m, k]. Rows [m0, m1).
+void quantize_rows(Isa isa, const float* x, int64_t K, int8_t* q, int64_t ldq, float* rs,
+                   int32_t* qsum, int64_t m0, int64_t m1);
+// y[m*ldy + n] = float(sum_k q[m, k] * w[n, k]) * rs[m] * scale[n] + bias[n], for
+// m in [m0, m1), n in [n0, n1); the integer sum is exact (int32).
+void int8_gemm_dynamic(Isa isa, const int8_t* q, int64_t ldq, const float* rs,
+                       const int32_t* qsum, int64_t K, const int8_t* w, const float* scale,
+                       const float* bias, float* y, int64_t ldy, int64_t m0, int64_t m1,
+                       int64_t n0, int64_t n1);
+
+// ---- int4 packing (int4_pack.cpp) ----------------------------------------------------
+// out[i] = q[2i] | (q[2i+1] << 4) (mod 256), i < n_out.
+void pack_int4(Isa isa, const uint8_t* q, uint8_t* out, int64_t n_out);
+// out[2i] = p[i] & 15, out[2i+1] = p[i] >> 4, i < n_in.
+void unpack_int4(Isa isa, const uint8_t* p, uint8_t* out, int64_t n_in);
+
+}  // namespace myq

@@ -1,0 +1,368 @@
+// ATen binding of the CPU kernels: argument checks, dtype conversion, output allocation
+// and the split of the work over threads (at::parallel_for, i.e. OpenMP, which follows
+// torch.set_num_threads). The arithmetic lives in the kernel files (see kernels.h).
+//
+// Strategy per op, by the number of activation rows M = x.numel() / K:
+//   int8_linear, int4_linear  M <= kSmallM: stream the weights once (gemv kernels), threads
+//                             split the output columns N.
+//                             M >  kSmallM: per thread, dequantize kTileN weight rows into a
+//                             float32 tile (bfloat16 when x is bfloat16) and multiply it
+//                             with at::cpu::mm (MKL / oneDNN) into the output block.
+//   int8_linear_dynamic       quantize x once, then the int8 microkernel over a grid of
+//                             (M block, N block) tasks.
+#include <torch/extension.h>
+
+#include <ATen/EmptyTensor.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/mm_cpu_dispatch.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "isa.h"
+#include "kernels.h"
+
+namespace myq {
+namespace {
+
+// Activation rows up to which the W8A16 / W4A16 ops stream weights (gemv) instead of
+// dequantizing tiles for a GEMM.
+constexpr int64_t kSmallM = 8;
+// Tile of the large-M path: output columns per dequantized tile, and rows of x per mm.
+constexpr int64_t kTileN = 128;
+constexpr int64_t kTileM = 256;
+// int8_linear_dynamic: task sizes of the (M, N) grid.
+constexpr int64_t kDynTileN = 64;
+constexpr int64_t kDynTileM = 128;
+// Column blocks handed to threads in the gemv paths (a multiple of the kernels' 4 rows).
+constexpr int64_t kColBlock = 16;
+// Below this many multiply-adds per thread, run on one thread.
+constexpr int64_t kMinWorkPerThread = 1 << 16;
+
+// ---------------------------------------------------------------- checks
+bool is_float_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf;
+}
+
+void check_cpu(const at::Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), "myq::", op, ": ", name, " must be a CPU tensor, got ",
+              t.device());
+}
+
+void check_x(const at::Tensor& x, const char* op) {
+  check_cpu(x, op, "x");
+  TORCH_CHECK(is_float_dtype(x.scalar_type()), "myq::", op,
+              ": x must be float32, bfloat16 or float16, got ", x.scalar_type());
+  TORCH_CHECK(x.dim() >= 1, "myq::", op, ": x must have at least one dimension [..., K]");
+}
+
+// A float vector of length n as contiguous float32 (null tensor when absent).
+at::Tensor float_vector(const std::optional<at::Tensor>& t, int64_t n, const char* op,
+                        const char* name) {
+  if (!t.has_value() || !t->defined()) return at::Tensor();
+  check_cpu(*t, op, name);
+  TORCH_CHECK(is_float_dtype(t->scalar_type()), "myq::", op, ": ", name,
+              " must be float32, bfloat16 or float16, got ", t->scalar_type());
+  TORCH_CHECK(t->dim() == 1 && t->size(0) == n, "myq::", op, ": ", name, " must have shape [",
+              n, "] (one per output channel), got ", t->sizes());
+  return t->to(at::kFloat).contiguous();
+}
+
+at::Tensor float_matrix(const std::optional<at::Tensor>& t, int64_t rows, int64_t cols,
+                        const char* op, const char* name) {
+  if (!t.has_value() || !t->defined()) return at::Tensor();
+  check_cpu(*t, op, name);
+  TORCH_CHECK(is_float_dtype(t->scalar_type()), "myq::", op, ": ", name,
+              " must be float32, bfloat16 or float16, got ", t->scalar_type());
+  TORCH_CHECK(t->dim() == 2 && t->size(0) == rows && t->size(1) == cols, "myq::", op, ": ",
+              name, " must have shape [", rows, ", ", cols, "] ([N, K / group_size]), got ",
+              t->sizes());
+  return t->to(at::kFloat).contiguous();
+}
+
+template <typename T>
+const T* ptr_or_null(const at::Tensor& t) {
+  return t.defined() ? t.const_data_ptr<T>() : nullptr;
+}
+
+std::vector<int64_t> out_shape(const at::Tensor& x, int64_t n) {
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = n;
+  return shape;
+}
+
+// y float32 [M, N] -> x's dtype, shape [..., N].
+at::Tensor finish(const at::Tensor& y, const at::Tensor& x, int64_t n) {
+  at::Tensor out = x.scalar_type() == at::kFloat ? y : y.to(x.scalar_type());
+  return out.view(out_shape(x, n));
+}
+
+// ---------------------------------------------------------------- threading helpers
+// fn(n0, n1) over blocks of output columns; `work_per_col` multiply-adds per column.
+template <typename Fn>
+void parallel_cols(int64_t N, int64_t work_per_col, const Fn& fn) {
+  const int64_t blocks = (N + kColBlock - 1) / kColBlock;
+  const int64_t work_per_block = std::max<int64_t>(1, work_per_col * kColBlock);
+  const int64_t grain = std::max<int64_t>(1, kMinWorkPerThread / work_per_block);
+  at::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
+    fn(b0 * kColBlock, std::min(N, b1 * kColBlock));
+  });
+}
+
+// Large-M path: y[:, n0:n1] = (xt @ tile.T) * colscale + bias with tile = dequant(n0, n1),
+// tile rows in xt's dtype (float32 or bfloat16).
+template <typename T, typename Dequant>
+void tiled_mm(const at::Tensor& xt, int64_t N, const Dequant& dequant, const float* colscale,
+              const float* bias, float* y) {
+  const int64_t M = xt.size(0), K = xt.size(1);
+  const int64_t nblocks = (N + kTileN - 1) / kTileN;
+  const int64_t mblocks = (M + kTileM - 1) / kTileM;
+  at::parallel_for(0, nblocks * mblocks, 1, [&](int64_t t0, int64_t t1) {
+    // at::cpu::mm calls the CPU kernel directly: no dispatcher, autograd or Python
+    // modes in the worker threads; nested in this parallel region it runs on one thread.
+    at::Tensor tile = at::detail::empty_cpu({kTileN, K}, xt.scalar_type());
+    int64_t have = -1;
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t nb = t / mblocks, mb = t % mblocks;
+      const int64_t n0 = nb * kTileN, n1 = std::min(N, n0 + kTileN);
+      const int64_t m0 = mb * kTileM, m1 = std::min(M, m0 + kTileM);
+      if (nb != have) {
+        dequant(n0, n1, tile.mutable_data_ptr<T>());
+        have = nb;
+      }
+      at::Tensor acc = at::cpu::mm(xt.narrow(0, m0, m1 - m0), tile.narrow(0, 0, n1 - n0).t());
+      TORCH_INTERNAL_ASSERT(acc.is_contiguous());
+      const T* a = acc.const_data_ptr<T>();
+      const int64_t nl = n1 - n0;
+      for (int64_t m = m0; m < m1; ++m) {
+        const T* ar = a + (m - m0) * nl;
+        float* yr = y + m * N + n0;
+        for (int64_t j = 0; j < nl; ++j) {
+          float v = static_cast<float>(ar[j]);
+          if (colscale) v = v * colscale[n0 + j];
+          if (bias) v = v + bias[n0 + j];
+          yr[j] = v;
+        }
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------- ops
+at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& weight,
+                           const at::Tensor& scale, const std::optional<at::Tensor>& bias) {
+  constexpr const char* op = "int8_linear";
+  check_x(x, op);
+  check_cpu(weight, op, "weight");
+  TORCH_CHECK(weight.scalar_type() == at::kChar, "myq::int8_linear: weight must be int8, got ",
+              weight.scalar_type());
+  TORCH_CHECK(weight.dim() == 2, "myq::int8_linear: weight must be 2-D [N, K], got ",
+              weight.sizes());
+  const int64_t N = weight.size(0), K = weight.size(1);
+  TORCH_CHECK(x.size(-1) == K, "myq::int8_linear: x.shape[-1] (", x.size(-1),
+              ") must equal weight.shape[1] (K=", K, ")");
+  at::Tensor s = float_vector(scale, N, op, "scale");
+  at::Tensor b = float_vector(bias, N, op, "bias");
+  const int64_t rows = c10::multiply_integers(x.sizes().begin(), x.sizes().end() - 1);
+  at::Tensor y = at::empty({rows, N}, x.options().dtype(at::kFloat));
+  if (rows == 0 || N == 0) return finish(y, x, N);
+  const at::Tensor w = weight.contiguous();
+  const Isa isa = cpu_isa();
+  const at::Tensor x2 = x.reshape({rows, K});
+  const float* sp = s.const_data_ptr<float>();
+  const float* bp = ptr_or_null<float>(b);
+  float* yp = y.mutable_data_ptr<float>();
+  const int8_t* wp = w.const_data_ptr<int8_t>();
+  if (rows <= kSmallM) {
+    const at::Tensor xf = x2.to(at::kFloat).contiguous();
+    const float* xp = xf.const_data_ptr<float>();
+    parallel_cols(N, rows * K, [&](int64_t n0, int64_t n1) {
+      int8_gemv(isa, xp, rows, K, wp, sp, bp, yp, N, n0, n1);
+    });
+  } else if (x.scalar_type() == at::kBFloat16) {
+    const at::Tensor xt = x2.contiguous();
+    tiled_mm<c10::BFloat16>(xt, N, [&](int64_t n0, int64_t n1, c10::BFloat16* tile) {
+      int8_dequant<c10::BFloat16>(isa, wp, K, n0, n1, tile);
+    }, sp, bp, yp);
+  } else {
+    const at::Tensor xt = x2.to(at::kFloat).contiguous();
+    tiled_mm<float>(xt, N, [&](int64_t n0, int64_t n1, float* tile) {
+      int8_dequant<float>(isa, wp, K, n0, n1, tile);
+    }, sp, bp, yp);
+  }
+  return finish(y, x, N);
+}
+
+at::Tensor int8_linear_dynamic_cpu(const at::Tensor& x, const at::Tensor& weight,
+                                   const at::Tensor& scale,
+                                   const std::optional<at::Tensor>& bias) {
+  constexpr const char* op = "int8_linear_dynamic";
+  check_x(x, op);
+  check_cpu(weight, op, "weight");
+  TORCH_CHECK(weight.scalar_type() == at::kChar,
+              "myq::int8_linear_dynamic: weight must be int8, got ", weight.scalar_type());
+  TORCH_CHECK(weight.dim() == 2, "myq::int8_linear_dynamic: weight must be 2-D [N, K], got ",
+              weight.sizes());
+  const int64_t N = weight.size(0), K = weight.size(1);
+  TORCH_CHECK(x.size(-1) == K, "myq::int8_linear_dynamic: x.shape[-1] (", x.size(-1),
+              ") must equal weight.shape[1] (K=", K, ")");
+  at::Tensor s = float_vector(scale, N, op, "scale");
+  at::Tensor b = float_vector(bias, N, op, "bias");
+  const int64_t M = c10::multiply_integers(x.sizes().begin(), x.sizes().end() - 1);
+  at::Tensor y = at::empty({M, N}, x.options().dtype(at::kFloat));
+  if (M == 0 || N == 0) return finish(y, x, N);
+  const Isa isa = cpu_isa();
+  const at::Tensor w = weight.contiguous();
+  const at::Tensor xf = x.reshape({M, K}).to(at::kFloat).contiguous();
+  const int64_t ldq = (K + kQuantPad - 1) / kQuantPad * kQuantPad;
+  at::Tensor q = at::empty({M, ldq}, x.options().dtype(at::kChar));
+  at::Tensor rs = at::empty({M}, x.options().dtype(at::kFloat));
+  at::Tensor qsum = at::empty({M}, x.options().dtype(at::kInt));
+  const float* xp = xf.const_data_ptr<float>();
+  int8_t* qp = q.mutable_data_ptr<int8_t>();
+  float* rsp = rs.mutable_data_ptr<float>();
+  int32_t* qsp = qsum.mutable_data_ptr<int32_t>();
+  at::parallel_for(0, M, std::max<int64_t>(1, kMinWorkPerThread / std::max<int64_t>(1, K)),
+                   [&](int64_t m0, int64_t m1) {
+                     quantize_rows(isa, xp, K, qp, ldq, rsp, qsp, m0, m1);
+                   });
+  const int8_t* wp = w.const_data_ptr<int8_t>();
+  const float* sp = s.const_data_ptr<float>();
+  const float* bp = ptr_or_null<float>(b);
+  float* yp = y.mutable_data_ptr<float>();
+  if (M <= kSmallM) {
+    parallel_cols(N, M * K, [&](int64_t n0, int64_t n1) {
+      int8_gemm_dynamic(isa, qp, ldq, rsp, qsp, K, wp, sp, bp, yp, N, 0, M, n0, n1);
+    });
+  } else {
+    const int64_t nblocks = (N + kDynTileN - 1) / kDynTileN;
+    const int64_t mblocks = (M + kDynTileM - 1) / kDynTileM;
+    at::parallel_for(0, nblocks * mblocks, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t nb = t / mblocks, mb = t % mblocks;
+        const int64_t n0 = nb * kDynTileN, n1 = std::min(N, n0 + kDynTileN);
+        const int64_t m0 = mb * kDynTileM, m1 = std::min(M, m0 + kDynTileM);
+        int8_gemm_dynamic(isa, qp, ldq, rsp, qsp, K, wp, sp, bp, yp, N, m0, m1, n0, n1);
+      }
+    });
+  }
+  return finish(y, x, N);
+}
+
+at::Tensor int4_linear_cpu(const at::Tensor& x, const at::Tensor& packed,
+                           const at::Tensor& scales, const std::optional<at::Tensor>& zeros,
+                           int64_t group_size, const std::optional<at::Tensor>& bias) {
+  constexpr const char* op = "int4_linear";
+  check_x(x, op);
+  check_cpu(packed, op, "packed");
+  TORCH_CHECK(packed.scalar_type() == at::kByte, "myq::int4_linear: packed must be uint8, got ",
+              packed.scalar_type());
+  TORCH_CHECK(packed.dim() == 2, "myq::int4_linear: packed must be 2-D [N, K / 2], got ",
+              packed.sizes());
+  const int64_t N = packed.size(0), K = x.size(-1);
+  TORCH_CHECK(K % 2 == 0 && packed.size(1) * 2 == K, "myq::int4_linear: packed.shape[1] (",
+              packed.size(1), ") must equal K / 2 for x.shape[-1] = K = ", K, " (K even)");
+  TORCH_CHECK(group_size > 0 && group_size % 2 == 0 && K % group_size == 0,
+              "myq::int4_linear: group_size (", group_size,
+              ") must be a positive even divisor of K (", K, ")");
+  const int64_t G = K / group_size;
+  TORCH_CHECK(scales.defined(), "myq::int4_linear: scales must be a tensor");
+  at::Tensor s = float_matrix(scales, N, G, op, "scales");
+  at::Tensor z = float_matrix(zeros, N, G, op, "zeros");
+  at::Tensor b = float_vector(bias, N, op, "bias");
+  const int64_t M = c10::multiply_integers(x.sizes().begin(), x.sizes().end() - 1);
+  at::Tensor y = at::empty({M, N}, x.options().dtype(at::kFloat));
+  if (M == 0 || N == 0) return finish(y, x, N);
+  const Isa isa = cpu_isa();
+  const at::Tensor p = packed.contiguous();
+  const uint8_t* pp = p.const_data_ptr<uint8_t>();
+  const float* sp = s.const_data_ptr<float>();
+  const float* zp = ptr_or_null<float>(z);
+  const float* bp = ptr_or_null<float>(b);
+  float* yp = y.mutable_data_ptr<float>();
+  const at::Tensor x2 = x.reshape({M, K});
+  if (M <= kSmallM && int4_gemv_supported(group_size)) {
+    const at::Tensor xf = x2.to(at::kFloat).contiguous();
+    at::Tensor xp = at::empty({M, K}, xf.options());
+    at::Tensor xsum = at::empty({M, G}, xf.options());
+    int4_prepare_x(xf.const_data_ptr<float>(), M, K, group_size, xp.mutable_data_ptr<float>(),
+                   xsum.mutable_data_ptr<float>());
+    const float* xpp = xp.const_data_ptr<float>();
+    const float* xsp = xsum.const_data_ptr<float>();
+    parallel_cols(N, M * K, [&](int64_t n0, int64_t n1) {
+      int4_gemv(isa, xpp, xsp, M, K, pp, sp, zp, group_size, bp, yp, N, n0, n1);
+    });
+  } else if (x.scalar_type() == at::kBFloat16) {
+    const at::Tensor xt = x2.contiguous();
+    tiled_mm<c10::BFloat16>(xt, N, [&](int64_t n0, int64_t n1, c10::BFloat16* tile) {
+      int4_dequant<c10::BFloat16>(isa, pp, sp, zp, group_size, K, n0, n1, tile);
+    }, nullptr, bp, yp);
+  } else {
+    const at::Tensor xt = x2.to(at::kFloat).contiguous();
+    tiled_mm<float>(xt, N, [&](int64_t n0, int64_t n1, float* tile) {
+      int4_dequant<float>(isa, pp, sp, zp, group_size, K, n0, n1, tile);
+    }, nullptr, bp, yp);
+  }
+  return finish(y, x, N);
+}
+
+at::Tensor pack_int4_cpu(const at::Tensor& q) {
+  check_cpu(q, "pack_int4", "q");
+  TORCH_CHECK(q.scalar_type() == at::kByte, "myq::pack_int4: q must be uint8 (values 0..15), got ",
+              q.scalar_type());
+  TORCH_CHECK(q.dim() >= 1 && q.size(-1) % 2 == 0,
+              "myq::pack_int4: q.shape[-1] must be even, got shape ", q.sizes());
+  std::vector<int64_t> shape(q.sizes().begin(), q.sizes().end());
+  shape.back() /= 2;
+  at::Tensor out = at::empty(shape, q.options());
+  const int64_t n = out.numel();
+  if (n == 0) return out;
+  const at::Tensor qc = q.contiguous();
+  const uint8_t* src = qc.const_data_ptr<uint8_t>();
+  uint8_t* dst = out.mutable_data_ptr<uint8_t>();
+  const Isa isa = cpu_isa();
+  at::parallel_for(0, n, 1 << 18, [&](int64_t i0, int64_t i1) {
+    pack_int4(isa, src + 2 * i0, dst + i0, i1 - i0);
+  });
+  return out;
+}
+
+at::Tensor unpack_int4_cpu(const at::Tensor& packed) {
+  check_cpu(packed, "unpack_int4", "packed");
+  TORCH_CHECK(packed.scalar_type() == at::kByte, "myq::unpack_int4: packed must be uint8, got ",
+              packed.scalar_type());
+  TORCH_CHECK(packed.dim() >= 1, "myq::unpack_int4: packed must have at least one dimension");
+  std::vector<int64_t> shape(packed.sizes().begin(), packed.sizes().end());
+  shape.back() *= 2;
+  at::Tensor out = at::empty(shape, packed.options());
+  const int64_t n = packed.numel();
+  if (n == 0) return out;
+  const at::Tensor pc = packed.contiguous();
+  const uint8_t* src = pc.const_data_ptr<uint8_t>();
+  uint8_t* dst = out.mutable_data_ptr<uint8_t>();
+  const Isa isa = cpu_isa();
+  at::parallel_for(0, n, 1 << 18, [&](int64_t i0, int64_t i1) {
+    unpack_int4(isa, src + i0, dst + 2 * i0, i1 - i0);
+  });
+  return out;
+}
+
+}  // namespace
+}  // namespace myq
+
+TORCH_LIBRARY_IMPL(myq, CPU, m) {
+  m.impl("int8_linear", &myq::int8_linear_cpu);
+  m.impl("int8_linear_dynamic", &myq::int8_linear_dynamic_cpu);
+  m.impl("int4_linear", &myq::int4_linear_cpu);
+  m.impl("pack_int4", &myq::pack_int4_cpu);
+  m.impl("unpack_int4", &myq::unpack_int4_cpu);
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "myq_kernels compiled kernels (C++ CPU; CUDA when built)";
+  m.def("cpu_isa", [] { return std::string(myq::isa_name(myq::cpu_isa())); },
+        "The CPU code path chosen at run time: avx512_vnni, avx2 or scalar "
+        "(MYQ_CPU_ISA forces a lower one).");
+}
