@@ -1,0 +1,178 @@
+"""The CUDA kernels (compiled extension, MYQ_BACKEND=cpp) and the Triton kernels compiled
+for the GPU (MYQ_BACKEND=triton) against the float64 reference, on CUDA tensors.
+
+Skipped, with the reason, when no GPU is visible: the one legitimate skip (the CUDA code is
+compile-checked without a GPU by .ci/cuda_checks.sh). On a GPU, a CUDA backend that is not
+available (extension built without CUDA, triton missing) fails the tests instead of
+silently testing nothing.
+"""
+import pytest
+import torch
+
+import myq_kernels
+from myq_kernels import reference
+from op_cases import (DTYPES, INT4_SHAPES, LINEAR_SHAPES, assert_linear_close, int4_expected, int4_weight,
+                      int8_expected, int8_weight, make_bias, make_x)
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
+                                reason="no CUDA GPU visible (torch.cuda.is_available() is False)")
+
+CUDA = torch.device("cuda")
+
+# Shapes that take each CUDA code path: GEMV (M <= 4), small-batch tensor-core tiles (M <= 16),
+# mid and large tiles, K % 32 != 0 (SIMT fallback; W8A8 pads K), N not a multiple of any tile.
+GPU_LINEAR_SHAPES = LINEAR_SHAPES + [
+    ((4,), 1000, 4096),
+    ((16,), 520, 2048),
+    ((3, 5), 136, 1024),
+    ((64,), 256, 512),
+    ((100,), 1000, 2048),
+    ((2, 300), 384, 1536),
+]
+GPU_INT4_SHAPES = INT4_SHAPES + [
+    ((2,), 1000, 4096, 128),
+    ((16,), 520, 2048, 32),
+    ((3, 5), 136, 1024, 64),
+    ((64,), 256, 512, 512),
+    ((100,), 1000, 2048, 128),
+    ((2, 300), 384, 1536, 48),
+]
+
+
+@pytest.fixture(params=["cpp", "triton"])
+def backend(request, monkeypatch):
+    monkeypatch.setenv("MYQ_BACKEND", request.param)
+    return request.param
+
+
+def cuda(*tensors):
+    return [None if t is None else t.to(CUDA) for t in tensors]
+
+
+def test_cuda_backends_available():
+    cpp, triton = myq_kernels.backends()["cpp"], myq_kernels.backends()["triton"]
+    assert cpp.available and "cuda" in cpp.devices, cpp.reason
+    assert triton.available and "cuda" in triton.devices, triton.reason
+    for op in myq_kernels.ops.SCHEMAS:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"myq::{op}", "CUDA"), op
+
+
+@pytest.mark.parametrize("batch,n,k", GPU_LINEAR_SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_int8_linear(backend, poisoned_outputs, batch, n, k, dtype, with_bias):
+    x = make_x(batch, k, dtype, contiguous=k % 3 != 0)
+    weight, scale = int8_weight(n, k)
+    bias = make_bias(n, with_bias)
+    y = myq_kernels.int8_linear(*cuda(x, weight, scale, bias))
+    assert y.device.type == "cuda"
+    assert_linear_close(y.cpu(), *int8_expected(x, weight, scale, bias), dtype)
+
+
+@pytest.mark.parametrize("batch,n,k", GPU_LINEAR_SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_int8_linear_dynamic(backend, poisoned_outputs, batch, n, k, dtype, with_bias):
+    x = make_x(batch, k, dtype, contiguous=k % 3 != 0)
+    if x.numel() > k:
+        x[..., 0, :] = 0.0
+    weight, scale = int8_weight(n, k)
+    bias = make_bias(n, with_bias)
+    y = myq_kernels.int8_linear_dynamic(*cuda(x, weight, scale, bias))
+    expected = reference.int8_linear_dynamic(x.double(), weight, scale.double(),
+                                             None if bias is None else bias.double())
+    q, row_scale = reference.quantize_per_token(x)
+    magnitude = (q.double().abs() @ weight.double().abs().T) * row_scale.double().unsqueeze(-1) * scale.double()
+    if bias is not None:
+        magnitude = magnitude + bias.double().abs()
+    assert_linear_close(y.cpu(), expected, magnitude, dtype)
+
+
+@pytest.mark.parametrize("batch,n,k,group_size", GPU_INT4_SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_int4_linear(backend, poisoned_outputs, batch, n, k, group_size, dtype, symmetric):
+    x = make_x(batch, k, dtype, contiguous=n % 2 == 1)
+    packed, scales, zeros = int4_weight(n, k, group_size, symmetric)
+    bias = make_bias(n, with_bias=symmetric)
+    y = myq_kernels.int4_linear(*cuda(x, packed, scales, zeros), group_size, *cuda(bias))
+    assert_linear_close(y.cpu(), *int4_expected(x, packed, scales, zeros, group_size, bias), dtype)
+
+
+@pytest.mark.parametrize("op", ["int8_linear", "int8_linear_dynamic", "int4_linear"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_misaligned_x_view(backend, op, dtype):
+    """x starting 2 bytes into its storage: the vectorized paths must not assume alignment."""
+    k = 256
+    x = torch.randn(7, k + 1).to(dtype)[:, 1:]
+    if op == "int4_linear":
+        packed, scales, zeros = int4_weight(40, k, 64, symmetric=False)
+        y = myq_kernels.int4_linear(*cuda(x, packed, scales, zeros), 64)
+        assert_linear_close(y.cpu(), *int4_expected(x, packed, scales, zeros, 64, None), dtype)
+    else:
+        weight, scale = int8_weight(40, k)
+        y = getattr(myq_kernels, op)(*cuda(x, weight, scale))
+        expected = getattr(reference, op)(x.double(), weight, scale.double())
+        assert torch.allclose(y.cpu().double(), expected, rtol=2e-2, atol=5e-2 * expected.abs().max().item())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_scales_zeros_and_bias_in_other_dtypes(backend, dtype):
+    x = torch.randn(20, 64)
+    weight, scale = int8_weight(8, 64)
+    bias = torch.randn(8)
+    y = myq_kernels.int8_linear(*cuda(x, weight, scale.to(dtype), bias.to(dtype)))
+    assert_linear_close(y.cpu(), *int8_expected(x, weight, scale.to(dtype).float(), bias.to(dtype).float()),
+                        torch.float32)
+    packed, scales, zeros = int4_weight(8, 64, 32, symmetric=False)
+    y = myq_kernels.int4_linear(*cuda(x, packed, scales.to(dtype), zeros.to(dtype)), 32, *cuda(bias.to(dtype)))
+    expected = int4_expected(x, packed, scales.to(dtype).float(), zeros.to(dtype).float(), 32, bias.to(dtype).float())
+    assert_linear_close(y.cpu(), *expected, torch.float32)
+
+
+@pytest.mark.parametrize("op", ["int8_linear", "int8_linear_dynamic", "int4_linear"])
+def test_empty_batch_and_empty_k(backend, op):
+    for shape in ((0, 64), (2, 0, 64)):
+        x = torch.randn(*shape, device=CUDA)
+        if op == "int4_linear":
+            packed, scales, zeros = cuda(*int4_weight(5, 64, 32, symmetric=False))
+            y = myq_kernels.int4_linear(x, packed, scales, zeros, 32)
+        else:
+            weight, scale = cuda(*int8_weight(5, 64))
+            y = getattr(myq_kernels, op)(x, weight, scale)
+        assert y.shape == (*shape[:-1], 5) and y.dtype == x.dtype
+
+
+def test_pack_unpack_every_byte(backend, poisoned_outputs):
+    every_byte = torch.arange(256, dtype=torch.uint8)
+    q = reference.unpack_int4(every_byte)
+    assert torch.equal(myq_kernels.unpack_int4(every_byte.to(CUDA)).cpu(), q)
+    assert torch.equal(myq_kernels.pack_int4(q.to(CUDA)).cpu(), every_byte)
+
+
+@pytest.mark.parametrize("shape", [(2,), (1, 2), (3, 34), (5, 4, 66), (257, 130), (1000, 4096)])
+def test_pack_unpack_round_trip(backend, poisoned_outputs, shape):
+    q = torch.randint(0, 16, shape, dtype=torch.uint8)
+    packed = myq_kernels.pack_int4(q.to(CUDA))
+    assert packed.shape == (*shape[:-1], shape[-1] // 2) and packed.dtype == torch.uint8
+    assert torch.equal(packed.cpu(), reference.pack_int4(q))
+    assert torch.equal(myq_kernels.unpack_int4(packed).cpu(), q)
+    # odd offsets: the vector paths must fall back
+    if q.numel() > 64:
+        flat = q.reshape(-1)
+        assert torch.equal(myq_kernels.pack_int4(flat[2:66].to(CUDA)).cpu(), reference.pack_int4(flat[2:66]))
+
+
+def test_ops_inside_torch_compile_on_cuda(backend):
+    weight, scale = cuda(*int8_weight(64, 256))
+    packed, scales, zeros = cuda(*int4_weight(64, 256, 64, symmetric=False))
+
+    def layer(x):
+        y = myq_kernels.int8_linear(x, weight, scale)
+        y = y + myq_kernels.int8_linear_dynamic(x, weight, scale)
+        return y + myq_kernels.int4_linear(x, packed, scales, zeros, 64)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, fullgraph=True)
+    x = torch.randn(8, 256, device=CUDA, dtype=torch.float16)
+    torch.testing.assert_close(compiled(x), layer(x))
