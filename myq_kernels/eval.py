@@ -10,7 +10,17 @@ def token_windows(tokenizer, text: str, window: int = 512, max_windows: int = No
     """[n, window] token ids: the text tokenized once and cut into non-overlapping windows."""
     if window < 2:
         raise ValueError(f"window must be at least 2 tokens, got {window}")
-    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids[0]
+    def encode(t):
+        return tokenizer(t, return_tensors="pt", add_special_tokens=False).input_ids[0]
+
+    ids = None
+    if max_windows is not None and len(text) > max_windows * window * 12:
+        # Tokenizing megabytes takes seconds: a prefix long enough for the windows will do.
+        ids = encode(text[: max_windows * window * 12])
+        if ids.numel() < (max_windows + 1) * window:
+            ids = None
+    if ids is None:
+        ids = encode(text)
     n = ids.numel() // window
     if max_windows is not None:
         n = min(n, max_windows)

@@ -82,11 +82,15 @@ def _is_quantizable(module) -> bool:
 
 
 def _tied_owners(model: nn.Module) -> dict:
-    """id(parameter) -> names of every module holding it (more than one name = tied)."""
+    """id(parameter) -> [(id(module), "path.name")] for every module holding it.
+
+    A parameter held by two different modules is tied; one module registered under two
+    names is merely shared (quantize_model replaces it at every path).
+    """
     owners = {}
     for mname, module in model.named_modules(remove_duplicate=False):
         for pname, p in module.named_parameters(recurse=False, remove_duplicate=False):
-            owners.setdefault(id(p), []).append(f"{mname}.{pname}" if mname else pname)
+            owners.setdefault(id(p), []).append((id(module), f"{mname}.{pname}" if mname else pname))
     return owners
 
 
@@ -115,7 +119,7 @@ def plan_quantization(model: nn.Module, scheme="w8a16", exclude=("lm_head",), gr
         if options is None:
             skipped[name] = "no scheme chosen"
             continue
-        tied = [o for o in owners.get(id(module.weight), ()) if not o.startswith(name + ".")]
+        tied = sorted({path for mid, path in owners.get(id(module.weight), ()) if mid != id(module)})
         if tied:
             skipped[name] = f"weight tied to {', '.join(tied)} (left alone, not duplicated)"
             continue
