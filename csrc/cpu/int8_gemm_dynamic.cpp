@@ -8,10 +8,13 @@
 // is subtracted per row of q, so no pass over the weights is needed (and the int32
 // arithmetic is exact modulo 2^32, hence exact whenever the true sum fits int32).
 // AVX2 widens to int16 and uses vpmaddwd (exact, no saturation).
+// int8_gemm_amx: Intel AMX, signed x signed TDPBSSD on 16x64-byte tiles, 2x2 product
+// tiles (32 weight rows x 32 rows of q) per k loop.
 #include <immintrin.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "kernels.h"
 
@@ -183,7 +186,110 @@ void gemm(const int8_t* q, int64_t ldq, const float* rs, const int32_t* qsum, in
   }
 }
 
+// ---------------------------------------------------------------- AMX
+struct alignas(64) TileConfig {
+  uint8_t palette_id;
+  uint8_t start_row;
+  uint8_t reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
+
+// Every tile 16 rows x 64 bytes: C tiles 0-3, weight (A) tiles 4-5, q (B) tiles 6-7.
+MYQ_TARGET_AMX void amx_begin() {
+  TileConfig cfg{};
+  cfg.palette_id = 1;
+  for (int i = 0; i < 8; ++i) {
+    cfg.colsb[i] = 64;
+    cfg.rows[i] = 16;
+  }
+  // GCC does not see that ldtilecfg reads cfg and drops the stores above without this.
+  asm volatile("" : : "r"(&cfg) : "memory");
+  _tile_loadconfig(&cfg);
+}
+
+MYQ_TARGET_AMX void amx_end() { _tile_release(); }
+
+// c[(t * 16 + n) * 16 + m] = sum_k w[n0 + 16 * (t / MT) + n, k] * q[16 * (t % MT) + m, k]
+// for the NT x MT product tiles t; w0 = row n0 of w, qb = packed block of q's first row.
+template <int NT, int MT>
+MYQ_TARGET_AMX void amx_block(const int8_t* w0, int64_t K, const int8_t* qb, int32_t* c) {
+  const int64_t qblock = K * kAmxTile;  // bytes of one packed 16-row block of q
+  _tile_zero(0);
+  if constexpr (MT > 1) _tile_zero(1);
+  if constexpr (NT > 1) _tile_zero(2);
+  if constexpr (NT > 1 && MT > 1) _tile_zero(3);
+  for (int64_t k = 0; k < K; k += kAmxK) {
+    _tile_loadd(4, w0 + k, K);
+    if constexpr (NT > 1) _tile_loadd(5, w0 + kAmxTile * K + k, K);
+    _tile_loadd(6, qb + k * kAmxTile, 64);
+    if constexpr (MT > 1) _tile_loadd(7, qb + qblock + k * kAmxTile, 64);
+    _tile_dpbssd(0, 4, 6);
+    if constexpr (MT > 1) _tile_dpbssd(1, 4, 7);
+    if constexpr (NT > 1) _tile_dpbssd(2, 5, 6);
+    if constexpr (NT > 1 && MT > 1) _tile_dpbssd(3, 5, 7);
+  }
+  _tile_stored(0, c, 64);
+  if constexpr (MT > 1) _tile_stored(1, c + 256, 64);
+  if constexpr (NT > 1) _tile_stored(2, c + 256 * MT, 64);
+  if constexpr (NT > 1 && MT > 1) _tile_stored(3, c + 256 * 3, 64);
+}
+
 }  // namespace
+
+void amx_pack_q(const int8_t* q, int64_t ldq, int64_t M, int64_t K, int8_t* qp, int64_t b0,
+                int64_t b1) {
+  const int64_t kg = K / 4;
+  for (int64_t b = b0; b < b1; ++b) {
+    int32_t* dst = reinterpret_cast<int32_t*>(qp + b * kAmxTile * K);
+    for (int64_t m = 0; m < kAmxTile; ++m) {
+      const int64_t row = b * kAmxTile + m;
+      if (row < M) {
+        const int8_t* src = q + row * ldq;
+        for (int64_t g = 0; g < kg; ++g) std::memcpy(dst + g * kAmxTile + m, src + 4 * g, 4);
+      } else {
+        for (int64_t g = 0; g < kg; ++g) dst[g * kAmxTile + m] = 0;
+      }
+    }
+  }
+}
+
+void int8_gemm_amx(const int8_t* qp, const float* rs, int64_t K, const int8_t* w,
+                   const float* scale, const float* bias, float* y, int64_t ldy, int64_t M,
+                   int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  alignas(64) int32_t c[4 * 256];
+  amx_begin();
+  for (int64_t n = n0; n < n1; n += 2 * kAmxTile) {
+    const int nt = n + 2 * kAmxTile <= n1 ? 2 : 1;
+    for (int64_t m = m0; m < m1; m += 2 * kAmxTile) {
+      const int mt = m + kAmxTile < m1 ? 2 : 1;
+      const int8_t* w0 = w + n * K;
+      const int8_t* qb = qp + (m / kAmxTile) * kAmxTile * K;
+      if (nt == 2 && mt == 2) amx_block<2, 2>(w0, K, qb, c);
+      else if (nt == 2) amx_block<2, 1>(w0, K, qb, c);
+      else if (mt == 2) amx_block<1, 2>(w0, K, qb, c);
+      else amx_block<1, 1>(w0, K, qb, c);
+      // Same operation order as the reference (see gemm above); plain, non-FMA code.
+      for (int tn = 0; tn < nt; ++tn)
+        for (int tm = 0; tm < mt; ++tm) {
+          const int32_t* ct = c + (tn * mt + tm) * 256;
+          for (int i = 0; i < kAmxTile; ++i) {
+            const int64_t row = m + tm * kAmxTile + i;
+            if (row >= std::min(m1, M)) break;
+            float* yr = y + row * ldy;
+            for (int j = 0; j < kAmxTile; ++j) {
+              const int64_t col = n + tn * kAmxTile + j;
+              float v = static_cast<float>(ct[j * kAmxTile + i]) * rs[row];
+              v = v * scale[col];
+              if (bias) v = v + bias[col];
+              yr[col] = v;
+            }
+          }
+        }
+    }
+  }
+  amx_end();
+}
 
 void quantize_rows(Isa isa, const float* x, int64_t K, int8_t* q, int64_t ldq, float* rs,
                    int32_t* qsum, int64_t m0, int64_t m1) {

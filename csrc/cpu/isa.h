@@ -2,14 +2,18 @@
 //
 // The AVX-512 and AVX2 code is compiled per function with target attributes (no global
 // -mavx* flags), and one of the paths below is chosen once, at the first call, from
-// __builtin_cpu_supports. MYQ_CPU_ISA=avx512_vnni|avx2|scalar forces a path (a path the
+// __builtin_cpu_supports. MYQ_CPU_ISA=avx512_amx|avx512_vnni|avx2|scalar forces a path (a path the
 // CPU cannot run is lowered to the best one it can), so tests can cover every path on
-// one machine.
+// one machine. avx512_amx is avx512_vnni plus Intel AMX tiles (int8 TDPBSSD), used by
+// the large-M W8A8 product; every other kernel runs its avx512_vnni code there.
 #pragma once
 
 namespace myq {
 
-enum class Isa { Scalar = 0, Avx2 = 1, Avx512Vnni = 2 };
+enum class Isa { Scalar = 0, Avx2 = 1, Avx512Vnni = 2, Avx512Amx = 3 };
+
+// The vector code path of the kernels: avx512_amx runs the avx512_vnni kernels.
+inline Isa vector_isa(Isa isa) { return isa == Isa::Avx512Amx ? Isa::Avx512Vnni : isa; }
 
 // The path every kernel takes in this process (computed once, thread-safe).
 Isa cpu_isa();
@@ -21,4 +25,7 @@ const char* isa_name(Isa isa);
 // carry the same attribute (GCC refuses to inline across target mismatches).
 #define MYQ_TARGET_AVX512 \
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi,bmi2")))
+#define MYQ_TARGET_AMX                                                                    \
+  __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni," \
+                        "avx2,fma,f16c,bmi,bmi2")))
 #define MYQ_TARGET_AVX2 __attribute__((target("avx2,fma,f16c,bmi,bmi2")))

@@ -9,7 +9,9 @@
 //                             float32 tile (bfloat16 when x is bfloat16) and multiply it
 //                             with at::cpu::mm (MKL / oneDNN) into the output block.
 //   int8_linear_dynamic       quantize x once, then the int8 microkernel over a grid of
-//                             (M block, N block) tasks.
+//                             (M block, N block) tasks: AMX tiles (avx512_amx, M >= kAmxMinM,
+//                             K % 64 == 0), else the VNNI / AVX2 / scalar dot kernel (threads
+//                             split N when M <= kSmallM).
 #include <torch/extension.h>
 
 #include <ATen/EmptyTensor.h>
@@ -29,13 +31,15 @@ namespace {
 
 // Activation rows up to which the W8A16 / W4A16 ops stream weights (gemv) instead of
 // dequantizing tiles for a GEMM.
-constexpr int64_t kSmallM = 8;
+constexpr int64_t kSmallM = 16;
 // Tile of the large-M path: output columns per dequantized tile, and rows of x per mm.
-constexpr int64_t kTileN = 128;
+constexpr int64_t kTileN = 256;
 constexpr int64_t kTileM = 256;
 // int8_linear_dynamic: task sizes of the (M, N) grid.
 constexpr int64_t kDynTileN = 64;
 constexpr int64_t kDynTileM = 128;
+// int8_linear_dynamic on AMX: rows of x from which the AMX tiles beat the VNNI kernel.
+constexpr int64_t kAmxMinM = 5;
 // Column blocks handed to threads in the gemv paths (a multiple of the kernels' 4 rows).
 constexpr int64_t kColBlock = 16;
 // Below this many multiply-adds per thread, run on one thread.
@@ -111,12 +115,14 @@ void parallel_cols(int64_t N, int64_t work_per_col, const Fn& fn) {
   });
 }
 
-// Large-M path: y[:, n0:n1] = (xt @ tile.T) * colscale + bias with tile = dequant(n0, n1),
-// tile rows in xt's dtype (float32 or bfloat16).
+// Large-M path: y[:, n0:n1] = (x @ tile.T) * colscale + bias with tile = dequant(n0, n1)
+// (rows of W in x's compute dtype, float32 or bfloat16). xt is x transposed, [K, M]
+// contiguous: MKL / oneDNN run tile @ xt (an "NN" product) markedly faster than
+// x @ tile.T for float32, so the per-task product is acc[nl, ml] = tile @ xt[:, m0:m1].
 template <typename T, typename Dequant>
 void tiled_mm(const at::Tensor& xt, int64_t N, const Dequant& dequant, const float* colscale,
               const float* bias, float* y) {
-  const int64_t M = xt.size(0), K = xt.size(1);
+  const int64_t K = xt.size(0), M = xt.size(1);
   const int64_t nblocks = (N + kTileN - 1) / kTileN;
   const int64_t mblocks = (M + kTileM - 1) / kTileM;
   at::parallel_for(0, nblocks * mblocks, 1, [&](int64_t t0, int64_t t1) {
@@ -132,18 +138,21 @@ void tiled_mm(const at::Tensor& xt, int64_t N, const Dequant& dequant, const flo
         dequant(n0, n1, tile.mutable_data_ptr<T>());
         have = nb;
       }
-      at::Tensor acc = at::cpu::mm(xt.narrow(0, m0, m1 - m0), tile.narrow(0, 0, n1 - n0).t());
+      const int64_t nl = n1 - n0, ml = m1 - m0;
+      at::Tensor acc = at::cpu::mm(tile.narrow(0, 0, nl), xt.narrow(1, m0, ml));
       TORCH_INTERNAL_ASSERT(acc.is_contiguous());
       const T* a = acc.const_data_ptr<T>();
-      const int64_t nl = n1 - n0;
-      for (int64_t m = m0; m < m1; ++m) {
-        const T* ar = a + (m - m0) * nl;
-        float* yr = y + m * N + n0;
-        for (int64_t j = 0; j < nl; ++j) {
-          float v = static_cast<float>(ar[j]);
-          if (colscale) v = v * colscale[n0 + j];
-          if (bias) v = v + bias[n0 + j];
-          yr[j] = v;
+      // acc is [nl, ml]: write y's rows contiguously, 16 columns of acc at a time.
+      for (int64_t jb = 0; jb < nl; jb += 16) {
+        const int64_t je = std::min(nl, jb + 16);
+        for (int64_t i = 0; i < ml; ++i) {
+          float* yr = y + (m0 + i) * N + n0;
+          for (int64_t j = jb; j < je; ++j) {
+            float v = static_cast<float>(a[j * ml + i]);
+            if (colscale) v = v * colscale[n0 + j];
+            if (bias) v = v + bias[n0 + j];
+            yr[j] = v;
+          }
         }
       }
     }
@@ -169,7 +178,7 @@ at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& weight,
   at::Tensor y = at::empty({rows, N}, x.options().dtype(at::kFloat));
   if (rows == 0 || N == 0) return finish(y, x, N);
   const at::Tensor w = weight.contiguous();
-  const Isa isa = cpu_isa();
+  const Isa isa = cpu_isa(), vec = vector_isa(isa);
   const at::Tensor x2 = x.reshape({rows, K});
   const float* sp = s.const_data_ptr<float>();
   const float* bp = ptr_or_null<float>(b);
@@ -179,17 +188,17 @@ at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& weight,
     const at::Tensor xf = x2.to(at::kFloat).contiguous();
     const float* xp = xf.const_data_ptr<float>();
     parallel_cols(N, rows * K, [&](int64_t n0, int64_t n1) {
-      int8_gemv(isa, xp, rows, K, wp, sp, bp, yp, N, n0, n1);
+      int8_gemv(vec, xp, rows, K, wp, sp, bp, yp, N, n0, n1);
     });
   } else if (x.scalar_type() == at::kBFloat16) {
-    const at::Tensor xt = x2.contiguous();
+    const at::Tensor xt = x2.t().contiguous();
     tiled_mm<c10::BFloat16>(xt, N, [&](int64_t n0, int64_t n1, c10::BFloat16* tile) {
-      int8_dequant<c10::BFloat16>(isa, wp, K, n0, n1, tile);
+      int8_dequant<c10::BFloat16>(vec, wp, K, n0, n1, tile);
     }, sp, bp, yp);
   } else {
-    const at::Tensor xt = x2.to(at::kFloat).contiguous();
+    const at::Tensor xt = x2.to(at::kFloat).t().contiguous();
     tiled_mm<float>(xt, N, [&](int64_t n0, int64_t n1, float* tile) {
-      int8_dequant<float>(isa, wp, K, n0, n1, tile);
+      int8_dequant<float>(vec, wp, K, n0, n1, tile);
     }, sp, bp, yp);
   }
   return finish(y, x, N);
@@ -213,7 +222,7 @@ at::Tensor int8_linear_dynamic_cpu(const at::Tensor& x, const at::Tensor& weight
   const int64_t M = c10::multiply_integers(x.sizes().begin(), x.sizes().end() - 1);
   at::Tensor y = at::empty({M, N}, x.options().dtype(at::kFloat));
   if (M == 0 || N == 0) return finish(y, x, N);
-  const Isa isa = cpu_isa();
+  const Isa isa = cpu_isa(), vec = vector_isa(isa);
   const at::Tensor w = weight.contiguous();
   const at::Tensor xf = x.reshape({M, K}).to(at::kFloat).contiguous();
   const int64_t ldq = (K + kQuantPad - 1) / kQuantPad * kQuantPad;
@@ -226,15 +235,39 @@ at::Tensor int8_linear_dynamic_cpu(const at::Tensor& x, const at::Tensor& weight
   int32_t* qsp = qsum.mutable_data_ptr<int32_t>();
   at::parallel_for(0, M, std::max<int64_t>(1, kMinWorkPerThread / std::max<int64_t>(1, K)),
                    [&](int64_t m0, int64_t m1) {
-                     quantize_rows(isa, xp, K, qp, ldq, rsp, qsp, m0, m1);
+                     quantize_rows(vec, xp, K, qp, ldq, rsp, qsp, m0, m1);
                    });
   const int8_t* wp = w.const_data_ptr<int8_t>();
   const float* sp = s.const_data_ptr<float>();
   const float* bp = ptr_or_null<float>(b);
   float* yp = y.mutable_data_ptr<float>();
-  if (M <= kSmallM) {
+  if (isa == Isa::Avx512Amx && M >= kAmxMinM && K % kAmxK == 0 && N >= kAmxTile) {
+    // AMX tiles: q re-laid out for the B tiles; the last N % 16 columns run below.
+    const int64_t mtiles = (M + kAmxTile - 1) / kAmxTile;
+    at::Tensor qpack = at::empty({mtiles * kAmxTile * K}, x.options().dtype(at::kChar));
+    int8_t* qpp = qpack.mutable_data_ptr<int8_t>();
+    at::parallel_for(0, mtiles, 1, [&](int64_t b0, int64_t b1) {
+      amx_pack_q(qp, ldq, M, K, qpp, b0, b1);
+    });
+    const int64_t n16 = N / kAmxTile * kAmxTile;
+    const int64_t nblocks = (n16 + kDynTileN - 1) / kDynTileN;
+    const int64_t mblocks = (M + kDynTileM - 1) / kDynTileM;
+    at::parallel_for(0, nblocks * mblocks, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t nb = t / mblocks, mb = t % mblocks;
+        const int64_t n0 = nb * kDynTileN, n1 = std::min(n16, n0 + kDynTileN);
+        const int64_t m0 = mb * kDynTileM, m1 = std::min(M, m0 + kDynTileM);
+        int8_gemm_amx(qpp, rsp, K, wp, sp, bp, yp, N, M, m0, m1, n0, n1);
+      }
+    });
+    if (n16 < N) {
+      at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
+        int8_gemm_dynamic(vec, qp, ldq, rsp, qsp, K, wp, sp, bp, yp, N, m0, m1, n16, N);
+      });
+    }
+  } else if (M <= kSmallM) {
     parallel_cols(N, M * K, [&](int64_t n0, int64_t n1) {
-      int8_gemm_dynamic(isa, qp, ldq, rsp, qsp, K, wp, sp, bp, yp, N, 0, M, n0, n1);
+      int8_gemm_dynamic(vec, qp, ldq, rsp, qsp, K, wp, sp, bp, yp, N, 0, M, n0, n1);
     });
   } else {
     const int64_t nblocks = (N + kDynTileN - 1) / kDynTileN;
@@ -244,7 +277,7 @@ at::Tensor int8_linear_dynamic_cpu(const at::Tensor& x, const at::Tensor& weight
         const int64_t nb = t / mblocks, mb = t % mblocks;
         const int64_t n0 = nb * kDynTileN, n1 = std::min(N, n0 + kDynTileN);
         const int64_t m0 = mb * kDynTileM, m1 = std::min(M, m0 + kDynTileM);
-        int8_gemm_dynamic(isa, qp, ldq, rsp, qsp, K, wp, sp, bp, yp, N, m0, m1, n0, n1);
+        int8_gemm_dynamic(vec, qp, ldq, rsp, qsp, K, wp, sp, bp, yp, N, m0, m1, n0, n1);
       }
     });
   }
@@ -275,7 +308,7 @@ at::Tensor int4_linear_cpu(const at::Tensor& x, const at::Tensor& packed,
   const int64_t M = c10::multiply_integers(x.sizes().begin(), x.sizes().end() - 1);
   at::Tensor y = at::empty({M, N}, x.options().dtype(at::kFloat));
   if (M == 0 || N == 0) return finish(y, x, N);
-  const Isa isa = cpu_isa();
+  const Isa isa = cpu_isa(), vec = vector_isa(isa);
   const at::Tensor p = packed.contiguous();
   const uint8_t* pp = p.const_data_ptr<uint8_t>();
   const float* sp = s.const_data_ptr<float>();
@@ -292,17 +325,17 @@ at::Tensor int4_linear_cpu(const at::Tensor& x, const at::Tensor& packed,
     const float* xpp = xp.const_data_ptr<float>();
     const float* xsp = xsum.const_data_ptr<float>();
     parallel_cols(N, M * K, [&](int64_t n0, int64_t n1) {
-      int4_gemv(isa, xpp, xsp, M, K, pp, sp, zp, group_size, bp, yp, N, n0, n1);
+      int4_gemv(vec, xpp, xsp, M, K, pp, sp, zp, group_size, bp, yp, N, n0, n1);
     });
   } else if (x.scalar_type() == at::kBFloat16) {
-    const at::Tensor xt = x2.contiguous();
+    const at::Tensor xt = x2.t().contiguous();
     tiled_mm<c10::BFloat16>(xt, N, [&](int64_t n0, int64_t n1, c10::BFloat16* tile) {
-      int4_dequant<c10::BFloat16>(isa, pp, sp, zp, group_size, K, n0, n1, tile);
+      int4_dequant<c10::BFloat16>(vec, pp, sp, zp, group_size, K, n0, n1, tile);
     }, nullptr, bp, yp);
   } else {
-    const at::Tensor xt = x2.to(at::kFloat).contiguous();
+    const at::Tensor xt = x2.to(at::kFloat).t().contiguous();
     tiled_mm<float>(xt, N, [&](int64_t n0, int64_t n1, float* tile) {
-      int4_dequant<float>(isa, pp, sp, zp, group_size, K, n0, n1, tile);
+      int4_dequant<float>(vec, pp, sp, zp, group_size, K, n0, n1, tile);
     }, nullptr, bp, yp);
   }
   return finish(y, x, N);
@@ -322,9 +355,9 @@ at::Tensor pack_int4_cpu(const at::Tensor& q) {
   const at::Tensor qc = q.contiguous();
   const uint8_t* src = qc.const_data_ptr<uint8_t>();
   uint8_t* dst = out.mutable_data_ptr<uint8_t>();
-  const Isa isa = cpu_isa();
+  const Isa isa = cpu_isa(), vec = vector_isa(isa);
   at::parallel_for(0, n, 1 << 18, [&](int64_t i0, int64_t i1) {
-    pack_int4(isa, src + 2 * i0, dst + i0, i1 - i0);
+    pack_int4(vec, src + 2 * i0, dst + i0, i1 - i0);
   });
   return out;
 }
@@ -342,9 +375,9 @@ at::Tensor unpack_int4_cpu(const at::Tensor& packed) {
   const at::Tensor pc = packed.contiguous();
   const uint8_t* src = pc.const_data_ptr<uint8_t>();
   uint8_t* dst = out.mutable_data_ptr<uint8_t>();
-  const Isa isa = cpu_isa();
+  const Isa isa = cpu_isa(), vec = vector_isa(isa);
   at::parallel_for(0, n, 1 << 18, [&](int64_t i0, int64_t i1) {
-    unpack_int4(isa, src + i0, dst + 2 * i0, i1 - i0);
+    unpack_int4(vec, src + i0, dst + 2 * i0, i1 - i0);
   });
   return out;
 }
@@ -363,6 +396,6 @@ TORCH_LIBRARY_IMPL(myq, CPU, m) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "myq_kernels compiled kernels (C++ CPU; CUDA when built)";
   m.def("cpu_isa", [] { return std::string(myq::isa_name(myq::cpu_isa())); },
-        "The CPU code path chosen at run time: avx512_vnni, avx2 or scalar "
+        "The CPU code path chosen at run time: avx512_amx, avx512_vnni, avx2 or scalar "
         "(MYQ_CPU_ISA forces a lower one).");
 }
