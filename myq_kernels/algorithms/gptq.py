@@ -147,11 +147,11 @@ def gptq_quantize_weight(W: torch.Tensor, H: torch.Tensor, bits: int = 4, group_
 
     scales = torch.zeros(n, n_groups, device=W.device)
     zeros = torch.zeros(n, n_groups, device=W.device)
-    have = torch.zeros(n_groups, dtype=torch.bool)
+    have = [False] * n_groups
     if static_groups or group_size == k:
         for g in range(n_groups):
             scales[:, g], zeros[:, g] = _params(W[:, g * group_size:(g + 1) * group_size], bits, symmetric)
-        have[:] = True
+        have = [True] * n_groups
 
     perm = None
     if act_order:
@@ -167,9 +167,28 @@ def gptq_quantize_weight(W: torch.Tensor, H: torch.Tensor, bits: int = 4, group_
     # with groups in original order (no act-order), blocks aligned to groups keep each group in one block
     if not act_order and group_size < k:
         blocksize = max(group_size, (blocksize // group_size) * group_size)
+    # The column loop is thousands of tiny vector ops: one thread avoids intra-op sync overhead
+    # (8x faster on a busy 2-core machine); the big block updates are still matmuls.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        Q, Qint, loss = _column_loop(W, Hinv, scales, zeros, have, group_of, group_size, bits, symmetric,
+                                     blocksize, k)
+    finally:
+        torch.set_num_threads(threads)
+    if perm is not None:
+        inv = torch.argsort(perm)
+        Q = Q[:, inv]
+        Qint = Qint[:, inv]
+    qdtype = torch.int8 if symmetric else torch.uint8
+    return {"weight": Q, "q": Qint.to(qdtype), "scale": scales, "zero": None if symmetric else zeros,
+            "damp": damp, "loss": loss}
+
+
+def _column_loop(W, Hinv, scales, zeros, have, group_of, group_size, bits, symmetric, blocksize, k):
     Q = torch.zeros_like(W)
     Qint = torch.zeros_like(W)
-    loss = 0.0
+    losses = torch.zeros(W.shape[0], device=W.device)
     for i1 in range(0, k, blocksize):
         i2 = min(i1 + blocksize, k)
         W1 = W[:, i1:i2].clone()
@@ -180,7 +199,7 @@ def gptq_quantize_weight(W: torch.Tensor, H: torch.Tensor, bits: int = 4, group_
         for i in range(i2 - i1):
             col = i1 + i
             g = group_of[col]
-            if not have[g]:
+            if not have[g]:  # have: list of bool
                 # dynamic groups (original order): parameters from the updated weights of this group
                 start = g * group_size - i1
                 scales[:, g], zeros[:, g] = _params(W1[:, start:start + group_size], bits, symmetric)
@@ -191,20 +210,13 @@ def gptq_quantize_weight(W: torch.Tensor, H: torch.Tensor, bits: int = 4, group_
             Q1[:, i] = deq
             Qi1[:, i] = q
             err = (w - deq) / d
-            loss += float(((w - deq) ** 2).sum() / d ** 2) / 2
-            W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
+            losses += err * err
+            W1[:, i:].addr_(err, Hinv1[i, i:], alpha=-1)
             Err1[:, i] = err
         Q[:, i1:i2] = Q1
         Qint[:, i1:i2] = Qi1
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
-
-    if perm is not None:
-        inv = torch.argsort(perm)
-        Q = Q[:, inv]
-        Qint = Qint[:, inv]
-    qdtype = torch.int8 if symmetric else torch.uint8
-    return {"weight": Q, "q": Qint.to(qdtype), "scale": scales, "zero": None if symmetric else zeros,
-            "damp": damp, "loss": loss}
+    return Q, Qint, float(losses.sum()) / 2
 
 
 # ---- buffers of a QuantizedLinear ------------------------------------------------------------

@@ -312,8 +312,11 @@ def smooth_model(model: nn.Module, batches=None, stats: dict = None, alpha: floa
 
 def smoothquant(model: nn.Module, batches=None, alpha: float = DEFAULT_ALPHA, scheme="w8a8",
                 shift: bool = False, exclude=("lm_head",), explicit: bool = True, stats: dict = None,
-                batch_size: int = 1, **quantize_kwargs):
+                batch_size: int = 1, shift_explicit: bool = False, **quantize_kwargs):
     """SmoothQuant (with shift=True: Outlier Suppression+ shift first), then `quantize_model`.
+
+    explicit: smooth linears without a foldable predecessor through an explicit input scale.
+    shift_explicit: the same for the shift (see `outlier_shift.apply_shift`).
 
     Returns the quantized model (modified in place).
     """
@@ -325,7 +328,7 @@ def smoothquant(model: nn.Module, batches=None, alpha: float = DEFAULT_ALPHA, sc
     groups = fold_groups(model, exclude)
     if shift:
         from .outlier_shift import apply_shift
-        shifts = apply_shift(model, stats, exclude=exclude, explicit=explicit, groups=groups)
+        shifts = apply_shift(model, stats, exclude=exclude, explicit=shift_explicit, groups=groups)
         stats = {name: st.shifted(shifts[name]) if name in shifts else st for name, st in stats.items()}
     apply_smoothing(model, stats, alpha, exclude, explicit, groups=groups)
     return quantize_model(model, scheme=scheme, exclude=exclude, **quantize_kwargs)
