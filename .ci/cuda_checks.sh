@@ -7,9 +7,12 @@
 #      CUDA build of torch in a second venv ($MYQ_CUDA_VENV, created once, then reused),
 #      from a copy of the tree ($MYQ_CUDA_BUILD, kept for incremental rebuilds), and, without
 #      a GPU, the built module imports and has CUDA kernels registered for every op;
-#   c. the Triton kernels pass the op tests under TRITON_INTERPRET=1 on CPU tensors.
-# Prints PASS/FAIL per step and exits non-zero if any failed. Steps can be skipped with
-# MYQ_CUDA_CHECKS="a c" (default "a b c").
+#   c. the Triton kernels pass the op tests under TRITON_INTERPRET=1 on CPU tensors;
+#   d. the CUDA kernels themselves run, in a CPU emulator of the CUDA execution model
+#      (csrc/cuda/sim: the .cu files compiled as C++, threads as fibers, mma.sync / ldmatrix /
+#      cp.async emulated from the PTX fragment layouts), against the reference.
+# Prints PASS/FAIL per step and exits non-zero if any failed. Steps can be chosen with
+# MYQ_CUDA_CHECKS="a c" (default "a b c d").
 #
 # Environment: CUDA_HOME (default /usr/local/cuda), MYQ_CUDA_VENV (default /tmp/myq-cuda-venv),
 # MYQ_CUDA_BUILD (default /tmp/myq-cuda-build), PYTHON (python running step c; default: the
@@ -22,7 +25,7 @@ NVCC="$CUDA_HOME/bin/nvcc"
 VENV="${MYQ_CUDA_VENV:-/tmp/myq-cuda-venv}"
 BUILD="${MYQ_CUDA_BUILD:-/tmp/myq-cuda-build}"
 PY="${PYTHON:-python}"
-STEPS="${MYQ_CUDA_CHECKS:-a b c}"
+STEPS="${MYQ_CUDA_CHECKS:-a b c d}"
 REPORT="$ROOT/benchmarks/cuda_ptxas_report.txt"
 FAILED=0
 SUMMARY=()
@@ -197,6 +200,17 @@ step_c() {
         result "c. Triton kernels pass the op tests (TRITON_INTERPRET=1)" PASS $((SECONDS - t0))
     else
         result "c. Triton kernels pass the op tests (TRITON_INTERPRET=1)" FAIL $((SECONDS - t0))
+    fi
+}
+
+# ---- d. the CUDA kernels in the CPU emulator ----------------------------------------------------
+step_d() {
+    local t0=$SECONDS
+    echo "== d. CUDA kernels in the CPU emulator (csrc/cuda/sim/run_sim.py)"
+    if "$PY" csrc/cuda/sim/run_sim.py | grep -v "^PASS "; then
+        result "d. CUDA kernels match the reference in the CPU emulator" PASS $((SECONDS - t0))
+    else
+        result "d. CUDA kernels match the reference in the CPU emulator" FAIL $((SECONDS - t0))
     fi
 }
 

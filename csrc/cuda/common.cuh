@@ -3,11 +3,25 @@
 // Torch-free: include only from .cu files.
 #pragma once
 #include <cstdint>
+#ifdef MYQ_CUDA_SIM  // compiled as C++ for the CPU emulator (sim/cuda_sim.h), tests only
+#include "sim/cuda_sim.h"
+#else
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#endif
 
 #include "myq_cuda.h"
+
+// Dynamic shared memory and kernel launches, spelled so the emulator can replace them.
+#ifdef MYQ_CUDA_SIM
+#define MYQ_DYNAMIC_SMEM(name) uint4* name = static_cast<uint4*>(::sim::dynamic_smem())
+#define MYQ_LAUNCH(kernel, grid, block, smem, stream, ...) \
+  ::sim::launch(kernel, dim3(grid), dim3(block), smem, __VA_ARGS__)
+#else
+#define MYQ_DYNAMIC_SMEM(name) extern __shared__ uint4 name[]
+#define MYQ_LAUNCH(kernel, grid, block, smem, stream, ...) kernel<<<grid, block, smem, stream>>>(__VA_ARGS__)
+#endif
 
 namespace myq::cuda {
 
@@ -52,12 +66,27 @@ __device__ __forceinline__ void store_from_float(void* p, int dtype, int64_t i, 
 
 // 16-byte global load that bypasses L1 (weights are read exactly once).
 __device__ __forceinline__ uint4 ldg_stream16(const void* p) {
+#ifdef MYQ_CUDA_SIM
+  return *static_cast<const uint4*>(p);
+#else
   uint4 r;
   asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
   return r;
+#endif
 }
 
+#ifdef MYQ_CUDA_SIM
+// ---- emulated (sim/cuda_sim.h) -------------------------------------------------------------
+inline void cp_async16(void* smem, const void* gmem, bool pred) { ::sim::cp_async16(smem, gmem, pred); }
+inline void cp_async_commit() { ::sim::cp_async_commit(); }
+template <int N> inline void cp_async_wait() { ::sim::cp_async_wait(N); }
+inline void ldmatrix_x4(uint32_t (&r)[4], const void* smem) { ::sim::ldmatrix_x4(r, smem); }
+inline void mma_s8(int (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) { ::sim::mma_s8(d, a, b); }
+template <typename T> inline void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  ::sim::mma_16816<T>(d, a, b);
+}
+#else
 // ---- shared memory, cp.async, ldmatrix ---------------------------------------------------
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
@@ -116,6 +145,8 @@ template <> __device__ __forceinline__ void mma_16816<__nv_bfloat16>(float (&d)[
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
+
+#endif  // MYQ_CUDA_SIM
 
 // ---- small integer helpers -------------------------------------------------------------------
 

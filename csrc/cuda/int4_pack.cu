@@ -69,7 +69,7 @@ cudaError_t pack_int4(const uint8_t* q, uint8_t* out, int64_t n_out, cudaStream_
   if (n_out <= 0) return cudaSuccess;
   const bool vec = aligned(q, 16) && aligned(out, 8);
   const int64_t blocks = ceil_div(ceil_div(n_out, 8), kThreads);
-  pack_int4_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(q, out, n_out, vec);
+  MYQ_LAUNCH(pack_int4_kernel, static_cast<unsigned>(blocks), kThreads, 0, stream, q, out, n_out, vec);
   return cudaGetLastError();
 }
 
@@ -77,7 +77,7 @@ cudaError_t unpack_int4(const uint8_t* packed, uint8_t* out, int64_t n_in, cudaS
   if (n_in <= 0) return cudaSuccess;
   const bool vec = aligned(packed, 8) && aligned(out, 16);
   const int64_t blocks = ceil_div(ceil_div(n_in, 8), kThreads);
-  unpack_int4_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(packed, out, n_in, vec);
+  MYQ_LAUNCH(unpack_int4_kernel, static_cast<unsigned>(blocks), kThreads, 0, stream, packed, out, n_in, vec);
   return cudaGetLastError();
 }
 

@@ -52,7 +52,7 @@ int8_gemm_kernel(const int8_t* __restrict__ A, const int8_t* __restrict__ B, int
                  int64_t K, const float* __restrict__ sa, const void* __restrict__ sb, int sb_type,
                  const void* __restrict__ bias, int bias_type, void* __restrict__ out, int out_type) {
   using C = Cfg<BM, BN, WARPS_M, WARPS_N, STAGES>;
-  extern __shared__ uint4 smem_raw[];
+  MYQ_DYNAMIC_SMEM(smem_raw);
   uint8_t* As = reinterpret_cast<uint8_t*>(smem_raw);
   uint8_t* Bs = As + STAGES * C::kAStage;
 
@@ -161,8 +161,8 @@ cudaError_t launch(const int8_t* A, const int8_t* B, int64_t M, int64_t N, int64
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem);
   if (err != cudaSuccess) return err;
   const dim3 grid(static_cast<unsigned>(ceil_div(N, BN)), static_cast<unsigned>(ceil_div(M, BM)));
-  kernel<<<grid, C::kThreads, C::kSmem, stream>>>(A, B, M, N, K, sa, sb, sb_type, bias, bias_type, out,
-                                                   out_type);
+  MYQ_LAUNCH(kernel, grid, C::kThreads, C::kSmem, stream, A, B, M, N, K, sa, sb, sb_type, bias, bias_type,
+             out, out_type);
   return cudaGetLastError();
 }
 

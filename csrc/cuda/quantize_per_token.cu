@@ -53,16 +53,16 @@ cudaError_t quantize_per_token(const void* x, DType x_type, int64_t M, int64_t K
   const dim3 grid(static_cast<unsigned>(M));
   switch (x_type) {
     case kF16:
-      quantize_per_token_kernel<__half><<<grid, kThreads, 0, stream>>>(
-          static_cast<const __half*>(x), K, q, ldq, s);
+      MYQ_LAUNCH(quantize_per_token_kernel<__half>, grid, kThreads, 0, stream, static_cast<const __half*>(x), K, q, ldq,
+                 s);
       break;
     case kBF16:
-      quantize_per_token_kernel<__nv_bfloat16><<<grid, kThreads, 0, stream>>>(
-          static_cast<const __nv_bfloat16*>(x), K, q, ldq, s);
+      MYQ_LAUNCH(quantize_per_token_kernel<__nv_bfloat16>, grid, kThreads, 0, stream, static_cast<const __nv_bfloat16*>(x), K, q, ldq,
+                 s);
       break;
     default:
-      quantize_per_token_kernel<float><<<grid, kThreads, 0, stream>>>(
-          static_cast<const float*>(x), K, q, ldq, s);
+      MYQ_LAUNCH(quantize_per_token_kernel<float>, grid, kThreads, 0, stream, static_cast<const float*>(x), K, q, ldq,
+                 s);
   }
   return cudaGetLastError();
 }

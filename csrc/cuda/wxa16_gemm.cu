@@ -37,6 +37,11 @@ template <int RB> __device__ __forceinline__ int swz_w4(int r, int c) {  // pack
   return r * RB + ((c ^ f) << 4);
 }
 
+#ifdef MYQ_CUDA_SIM
+inline uint4 lds128(const void* p) { return *static_cast<const uint4*>(p); }
+inline uint2 lds64(const void* p) { return *static_cast<const uint2*>(p); }
+inline uint32_t lds32(const void* p) { return *static_cast<const uint32_t*>(p); }
+#else
 __device__ __forceinline__ uint4 lds128(const void* p) {
   uint4 v;
   asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
@@ -53,6 +58,7 @@ __device__ __forceinline__ uint32_t lds32(const void* p) {
   asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(v) : "r"(smem_addr(p)));
   return v;
 }
+#endif
 
 template <typename T, bool INT4, int BM, int BN, int BK, int WARPS_M, int WARPS_N, int STAGES>
 struct Cfg {
@@ -70,7 +76,7 @@ template <typename T, bool INT4, int BM, int BN, int BK, int WARPS_M, int WARPS_
 __global__ void __launch_bounds__(WARPS_M * WARPS_N * 32)
 wxa16_mma_kernel(const WxA16Problem p) {
   using C = Cfg<T, INT4, BM, BN, BK, WARPS_M, WARPS_N, STAGES>;
-  extern __shared__ uint4 smem_raw[];
+  MYQ_DYNAMIC_SMEM(smem_raw);
   uint8_t* Xs = reinterpret_cast<uint8_t*>(smem_raw);
   uint8_t* Ws = Xs + STAGES * C::kXStage;
 
@@ -229,7 +235,7 @@ cudaError_t launch(const WxA16Problem& p, cudaStream_t stream) {
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem);
   if (err != cudaSuccess) return err;
   const dim3 grid(static_cast<unsigned>(ceil_div(p.N, BN)), static_cast<unsigned>(ceil_div(p.M, BM)));
-  kernel<<<grid, C::kThreads, C::kSmem, stream>>>(p);
+  MYQ_LAUNCH(kernel, grid, C::kThreads, C::kSmem, stream, p);
   return cudaGetLastError();
 }
 

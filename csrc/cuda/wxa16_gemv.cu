@@ -144,7 +144,8 @@ cudaError_t launch(const WxA16Problem& p, cudaStream_t stream) {
   const bool vec = p.K % 32 == 0 && aligned16(p.x) && aligned16(p.w) && (!INT4 || p.group_size % 32 == 0);
   if (!vec) {
     const dim3 grid(static_cast<unsigned>(ceil_div(p.N, kWarps)), static_cast<unsigned>(p.M < 65535 ? p.M : 65535));
-    gemv_scalar_kernel<T, INT4><<<grid, kThreads, 0, stream>>>(p);
+    auto kernel = gemv_scalar_kernel<T, INT4>;
+    MYQ_LAUNCH(kernel, grid, kThreads, 0, stream, p);
     return cudaGetLastError();
   }
   const int mr = p.M <= 1 ? 1 : p.M <= 2 ? 2 : 4;
@@ -152,9 +153,9 @@ cudaError_t launch(const WxA16Problem& p, cudaStream_t stream) {
   for (int64_t m_begin = 0; m_begin < p.M; m_begin += max_rows) {
     const int64_t rows = p.M - m_begin < max_rows ? p.M - m_begin : max_rows;
     const dim3 grid(blocks_n, static_cast<unsigned>(ceil_div(rows, mr)));
-    if (mr == 1) gemv_vec_kernel<T, 1, INT4><<<grid, kThreads, 0, stream>>>(p, m_begin);
-    else if (mr == 2) gemv_vec_kernel<T, 2, INT4><<<grid, kThreads, 0, stream>>>(p, m_begin);
-    else gemv_vec_kernel<T, 4, INT4><<<grid, kThreads, 0, stream>>>(p, m_begin);
+    auto kernel = mr == 1 ? gemv_vec_kernel<T, 1, INT4> : mr == 2 ? gemv_vec_kernel<T, 2, INT4>
+                                                                  : gemv_vec_kernel<T, 4, INT4>;
+    MYQ_LAUNCH(kernel, grid, kThreads, 0, stream, p, m_begin);
   }
   return cudaGetLastError();
 }
