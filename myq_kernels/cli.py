@@ -330,22 +330,49 @@ def _add_demo_arguments(p):
 
 # ---- myq quantize / eval ---------------------------------------------------------------------
 
+def _calibration(args, tokenizer):
+    from .algorithms import calibration_batches
+
+    if args.calib:
+        text = _text(args.calib)
+    else:  # default: the first Wikipedia articles (evaluation defaults to the whole dump)
+        from . import assets
+        text = "\n\n".join(assets.wikipedia_articles()[:60])
+    return calibration_batches(tokenizer, text, n_samples=args.calib_samples, seq_len=args.calib_len)
+
+
 def quantize_cmd(args):
     from transformers import AutoTokenizer
 
     from .model import get_memory_footprint, quantize_model
 
+    dst = args.out or args.dst
+    if not dst:
+        raise SystemExit("myq quantize: give the output folder (DST or --out DIR)")
+    scheme = _parse_schemes(args.scheme)[0]
     model = _load_causal_lm(args.src)
+    tokenizer = AutoTokenizer.from_pretrained(args.src)
     before = get_memory_footprint(model)
-    quantize_model(model, scheme=_parse_schemes(args.scheme)[0], exclude=tuple(args.exclude),
-                   group_size=args.group_size, symmetric=args.symmetric or None, progress=True)
+    symmetric = args.symmetric or None
+    if args.method == "rtn":
+        quantize_model(model, scheme=scheme, exclude=tuple(args.exclude),
+                       group_size=args.group_size, symmetric=symmetric, progress=True)
+    elif args.method == "gptq":
+        from .algorithms import gptq_quantize_model
+        gptq_quantize_model(model, _calibration(args, tokenizer), scheme=scheme, group_size=args.group_size,
+                            symmetric=symmetric, act_order=args.act_order, exclude=tuple(args.exclude),
+                            percdamp=args.percdamp)
+    else:  # smoothquant: scales folded into norms / previous linears only, so the checkpoint is a stock model
+        from .algorithms import smoothquant
+        smoothquant(model, _calibration(args, tokenizer), alpha=args.alpha, scheme=scheme, explicit=False,
+                    exclude=tuple(args.exclude), group_size=args.group_size, symmetric=symmetric, progress=True)
     after = get_memory_footprint(model)
-    model.save_pretrained(args.dst)
+    model.save_pretrained(dst)
     try:
-        AutoTokenizer.from_pretrained(args.src).save_pretrained(args.dst)
+        tokenizer.save_pretrained(dst)
     except (OSError, ValueError):
         pass
-    print(f"{args.src} -> {args.dst}: {args.scheme}, {before / 1e6:.1f} MB -> {after / 1e6:.1f} MB "
+    print(f"{args.src} -> {dst}: {scheme} ({args.method}), {before / 1e6:.1f} MB -> {after / 1e6:.1f} MB "
           f"({after / before:.3f}x)")
 
 
@@ -359,8 +386,13 @@ def eval_cmd(args):
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = _load_causal_lm(model_dir)
     windows = ev.token_windows(tokenizer, _text(args.text), args.window, args.windows)
-    ppl = ev.perplexity(model, windows, progress=True)
-    print(f"{model_dir}: perplexity {ppl:.3f} on {windows.shape[0]}x{windows.shape[1]} tokens; "
+    if args.stride:
+        ppl = ev.sliding_window_perplexity(model, windows.reshape(1, -1), args.window, args.stride, progress=True)
+        how = f"{windows.numel()} tokens, sliding window {args.window} / stride {args.stride}"
+    else:
+        ppl = ev.perplexity(model, windows, progress=True)
+        how = f"{windows.shape[0]}x{windows.shape[1]} tokens"
+    print(f"{model_dir}: perplexity {ppl:.3f} on {how}; "
           f"footprint {get_memory_footprint(model) / 1e6:.1f} MB")
 
 
@@ -374,8 +406,18 @@ def build_parser():
     _add_demo_arguments(sub.add_parser("demo", help="quantize SmolLM2 (or --model) with each scheme and compare"))
     q = sub.add_parser("quantize", help="quantize a local HF model folder and save it")
     q.add_argument("src")
-    q.add_argument("dst")
+    q.add_argument("dst", nargs="?", help="output folder (or --out)")
+    q.add_argument("--out", help="output folder")
     q.add_argument("--scheme", default="w8a16")
+    q.add_argument("--method", choices=("rtn", "gptq", "smoothquant"), default="rtn",
+                   help="rtn: round to nearest; gptq: Hessian-based (w4a16/w8a16/w8a8/llm_int8); "
+                        "smoothquant: smoothing folded into the norms, then the scheme (use w8a8)")
+    q.add_argument("--calib", help="calibration text file for gptq / smoothquant (default: Wikipedia articles)")
+    q.add_argument("--calib-samples", type=int, default=64, help="calibration sequences (default: %(default)s)")
+    q.add_argument("--calib-len", type=int, default=256, help="tokens per calibration sequence")
+    q.add_argument("--act-order", action="store_true", help="gptq: quantize columns by decreasing Hessian diagonal")
+    q.add_argument("--percdamp", type=float, default=0.01, help="gptq: damping, fraction of mean(diag H)")
+    q.add_argument("--alpha", type=float, default=0.5, help="smoothquant migration strength")
     q.add_argument("--group-size", type=int, default=128)
     q.add_argument("--symmetric", action="store_true")
     q.add_argument("--exclude", nargs="*", default=["lm_head"])
@@ -384,6 +426,8 @@ def build_parser():
     e.add_argument("--text")
     e.add_argument("--windows", type=int, default=4)
     e.add_argument("--window", type=int, default=512)
+    e.add_argument("--stride", type=int, default=0, help="sliding window stride (default: non-overlapping "
+                   "windows scored separately)")
     try:
         from . import bench
         bench.add_arguments(sub.add_parser("bench", help="op benchmark report (table, JSON, PNG)"))

@@ -55,6 +55,49 @@ def perplexity(model, windows: torch.Tensor, batch_size: int = 1, progress: bool
 
 
 @torch.inference_mode()
+def sliding_window_perplexity(model, input_ids: torch.Tensor, max_length: int = 512, stride: int = 256,
+                              progress: bool = False) -> float:
+    """Perplexity of one long token sequence with a sliding window (the Hugging Face recipe).
+
+    Windows of `max_length` tokens start every `stride` tokens; each window scores only the
+    tokens the previous one did not (its last `end - prev_end`), so every token after the first
+    is predicted once, with up to `max_length - stride` tokens of context carried over.
+    stride = max_length gives non-overlapping windows. input_ids: [T] or [1, T].
+    """
+    ids = input_ids.reshape(1, -1) if input_ids.dim() == 1 else input_ids
+    if ids.dim() != 2 or ids.shape[0] != 1:
+        raise ValueError(f"input_ids must be one sequence [T] or [1, T], got shape {list(input_ids.shape)}")
+    for name, value in (("max_length", max_length), ("stride", stride)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if stride > max_length:
+        raise ValueError(f"stride ({stride}) must be <= max_length ({max_length}): tokens would go unscored")
+    seq_len = ids.shape[1]
+    if seq_len < 2:
+        raise ValueError(f"need at least 2 tokens, got {seq_len}")
+    device = next(model.parameters(), next(model.buffers(), torch.empty(0))).device
+    starts = list(range(0, seq_len, stride))
+    if progress:
+        from tqdm.auto import tqdm
+        starts = tqdm(starts, desc="perplexity", unit="window", leave=False)
+    total_nll, total_tokens, prev_end = 0.0, 0, 0
+    for begin in starts:
+        end = min(begin + max_length, seq_len)
+        trg_len = end - prev_end  # new tokens scored in this window
+        chunk = ids[:, begin:end].to(device)
+        logits = model(input_ids=chunk).logits.float()[0, :-1]
+        targets = chunk[0, 1:]
+        first = max(0, targets.shape[0] - trg_len)
+        nll = torch.nn.functional.cross_entropy(logits[first:], targets[first:], reduction="sum")
+        total_nll += nll.item()
+        total_tokens += targets.shape[0] - first
+        prev_end = end
+        if end == seq_len:
+            break
+    return math.exp(total_nll / total_tokens)
+
+
+@torch.inference_mode()
 def sentence_embeddings(model, tokenizer, sentences, normalize: bool = True) -> torch.Tensor:
     """Mean-pooled (attention-masked) last hidden states, L2-normalised: sentence-transformers style."""
     batch = tokenizer(list(sentences), padding=True, truncation=True, return_tensors="pt")

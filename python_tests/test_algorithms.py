@@ -421,3 +421,58 @@ def test_calibration_batches_from_text():
     assert b.shape == (5, 64) and bool((b[:, 1:] - b[:, :-1] == 1).all())
     with pytest.raises(ValueError, match="fewer than seq_len"):
         calibration_batches(Tok(), "x", seq_len=5000)
+
+
+# ---- CLI: myq quantize --method ... / myq eval --stride ---------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_lm_folder(tmp_path_factory):
+    """A tiny random Llama saved with SmolLM2's tokenizer (needs the cached SmolLM2 folder)."""
+    from myq_kernels import assets
+    folder = assets.cache_dir() / "smollm2-135m-instruct"
+    if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer_config.json").is_file():
+        pytest.skip("SmolLM2 tokenizer not cached (run myq demo or assets.smollm2_dir() once)")
+    tok = transformers.AutoTokenizer.from_pretrained(str(folder))
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=True)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    out = tmp_path_factory.mktemp("tiny_lm")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    text = out / "text.txt"
+    words = ["the", "model", "quantized", "weights", "river", "city", "music", "history", "of", "and", "in"]
+    g = torch.Generator().manual_seed(0)
+    text.write_text(" ".join(words[i] for i in torch.randint(0, len(words), (3000,), generator=g).tolist()))
+    return out, text
+
+
+@pytest.mark.parametrize("method,scheme", [("gptq", "w4a16"), ("smoothquant", "w8a8")])
+def test_cli_quantize_method_and_eval(tiny_lm_folder, tmp_path, capsys, method, scheme):
+    from myq_kernels import cli
+    src, text = tiny_lm_folder
+    dst = tmp_path / "q"
+    assert cli.main(["quantize", str(src), "--out", str(dst), "--scheme", scheme, "--method", method,
+                     "--calib", str(text), "--calib-samples", "4", "--calib-len", "32", "--group-size", "32",
+                     "--act-order"]) == 0
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(dst)
+    kinds = {m.scheme for m in loaded.modules() if isinstance(m, QuantizedLinear)}
+    assert kinds == {scheme}
+    assert cli.main(["eval", str(dst), "--text", str(text), "--windows", "2", "--window", "64",
+                     "--stride", "32"]) == 0
+    out = capsys.readouterr().out
+    assert "sliding window 64 / stride 32" in out
+    ppl = float(out.split("perplexity ")[-1].split()[0])
+    assert math.isfinite(ppl) and ppl > 1
+
+
+def test_sliding_window_perplexity():
+    from myq_kernels.eval import perplexity, sliding_window_perplexity
+    model = tiny_llama(outliers=False)
+    ids = _ids(1, 64)
+    # stride = window: the non-overlapping windows of `perplexity`
+    assert sliding_window_perplexity(model, ids, 16, 16) == pytest.approx(perplexity(model, ids.reshape(4, 16)))
+    overlapping = sliding_window_perplexity(model, ids[0], 32, 8)
+    assert math.isfinite(overlapping)
+    with pytest.raises(ValueError, match="stride"):
+        sliding_window_perplexity(model, ids, 16, 32)
