@@ -218,9 +218,9 @@ def attach_quantization_config(model, scheme="w8a16", exclude=("lm_head",), grou
     previous = getattr(model, "hf_quantizer", None)
     if previous is not None and not isinstance(previous, MyqHfQuantizer):
         method = getattr(previous.quantization_config, "quant_method", "?")
-        raise ValueError(
-            f"this model is already marked quantized by {getattr(method, 'value', method)!r} "
-            "(e.g. loaded from GGUF): call myq_kernels.hf.clear_quantization(model) before quantizing")
+        if str(getattr(method, "value", method)) != "gguf":
+            raise ValueError(f"this model is already marked quantized by {getattr(method, 'value', method)!r}")
+        clear_quantization(model)  # a GGUF load leaves float weights and stale marks
     config = MyqConfig(scheme=scheme, group_size=group_size, symmetric=symmetric, exclude=exclude,
                        modules=quantized_layout(model))
     if not config.modules:

@@ -169,6 +169,7 @@ def quantize_model(model: nn.Module, scheme="w8a16", exclude=("lm_head",), group
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    _check_hf_marks(model)
     plan, skipped = plan_quantization(model, scheme, exclude, group_size, symmetric, fit_group)
     tied = {k: v for k, v in skipped.items() if v.startswith("weight tied")}
     if tied and verbose:
@@ -204,6 +205,22 @@ def quantize_model(model: nn.Module, scheme="w8a16", exclude=("lm_head",), group
 def quantized_layout(model: nn.Module) -> dict:
     """{module name: QuantizedLinear.config()} for every quantized layer of the model."""
     return {name: m.config() for name, m in model.named_modules() if isinstance(m, QuantizedLinear)}
+
+
+def _check_hf_marks(model):
+    """A transformers model marked quantized by another method cannot be re-quantized by myq.
+
+    GGUF is the exception: a GGUF load dequantizes to float weights and only leaves the
+    marks (`hf_quantizer`, `config.quantization_config`) behind; they are replaced by myq's.
+    """
+    previous = getattr(model, "hf_quantizer", None)
+    if previous is None or type(previous).__name__ == "MyqHfQuantizer":
+        return
+    method = getattr(getattr(previous, "quantization_config", None), "quant_method", "?")
+    method = str(getattr(method, "value", method))
+    if method != "gguf":
+        raise ValueError(f"this model is already quantized by transformers' {method!r} method; "
+                         "myq quantizes float nn.Linear / Conv1D layers only (load the model unquantized)")
 
 
 def _attach_hf_config(model, scheme, exclude, group_size, symmetric):

@@ -10,6 +10,7 @@ Stored tensors are buffers, not parameters (nothing here is trainable):
   w4a16         weight_packed uint8 [N, K // 2], weight_scale float32 [N, K // g],
                 weight_zero float32 [N, K // g] (asymmetric only)
   all           bias [N] in the original layer's dtype (or None)
+`module.weight` is the stored weight for every scheme (w4a16: the packed uint8 tensor).
 Scales and zero points stay float32 even when the model is cast to bf16/fp16.
 """
 from dataclasses import dataclass, field
@@ -196,6 +197,16 @@ class QuantizedLinear(nn.Module):
             self.register_buffer("weight_zero", None)
         bias_dtype = dtype if dtype is not None else torch.get_default_dtype()
         self.register_buffer("bias", torch.zeros(out_features, dtype=bias_dtype, device=device) if bias else None)
+
+    def __getattr__(self, name):
+        # `.weight` is the stored quantized weight for every scheme: w4a16 keeps it as
+        # `weight_packed` (uint8), so model code that reads `module.weight` (init functions,
+        # device / dtype checks) finds a tensor instead of an AttributeError.
+        if name == "weight":
+            buffers = self.__dict__.get("_buffers", {})
+            if buffers.get("weight") is None and buffers.get("weight_packed") is not None:
+                return buffers["weight_packed"]
+        return super().__getattr__(name)
 
     @property
     def spec(self) -> Scheme:

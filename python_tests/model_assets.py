@@ -47,6 +47,19 @@ def smollm2_copy():
 
 
 @functools.cache
+def _quantized_smollm2(scheme):
+    import myq_kernels
+
+    return myq_kernels.quantize_model(copy.deepcopy(_smollm2()[2]), scheme=scheme, progress=False)
+
+
+def quantized_smollm2(scheme):
+    """SmolLM2 quantized with `scheme` (default options), built once per process and shared."""
+    smollm2()
+    return _quantized_smollm2(scheme)
+
+
+@functools.cache
 def _minilm():
     from transformers import AutoModel, AutoTokenizer
 

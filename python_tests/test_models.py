@@ -190,15 +190,8 @@ def fp32_perplexity(smollm2, wiki_windows):
 
 @pytest.fixture(scope="session")
 def quantized_smollm2(smollm2):
-    """scheme -> quantized copy of SmolLM2 (built once, shared by the tests below)."""
-    cache = {}
-
-    def get(scheme):
-        if scheme not in cache:
-            cache[scheme] = myq.quantize_model(A.smollm2_copy(), scheme=scheme, progress=False)
-        return cache[scheme]
-
-    return get
+    """scheme -> quantized copy of SmolLM2 (built once per process, shared with test_hf.py)."""
+    return A.quantized_smollm2
 
 
 def test_smollm2_structure(smollm2):
