@@ -97,7 +97,7 @@ try:
     demangled = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True).stdout.splitlines()
 except OSError:
     demangled = names
-for r, d in zip(rows, demangled):
+for r, d in sorted(zip(rows, demangled), key=lambda rd: (rd[0]["arch"], rd[1])):
     d = re.sub(r"myq::cuda::\(anonymous namespace\)::", "", d)
     print(f"{name:24s} {r['arch']:7s} regs={r['regs']:3d} spill_st={r.get('st', 0):4d} "
           f"spill_ld={r.get('ld', 0):4d} stack={r.get('stack', 0):4d} smem_static={r['smem']:5d}  {d}")

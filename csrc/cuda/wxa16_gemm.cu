@@ -2,7 +2,8 @@
 // weights dequantized in registers, plus the public w8a16_linear / w4a16_linear entry points
 // that pick this kernel or the SIMT GEMV (wxa16_gemv.cu).
 //
-// Tiling: a BM x BN block tile walks K in BK steps through a STAGES-deep cp.async pipeline.
+// Tiling: a BM x BN block tile walks K in BK steps through a STAGES-deep cp.async pipeline;
+// WARPS_K > 1 splits each stage's K range over warps, summed through shared memory at the end.
 // x tiles are fp16/bf16 [BM][BK]; weight tiles hold the raw bytes ([BN][BK] int8 or
 // [BN][BK/2] packed int4), so the weights cross the memory bus at 1 or 0.5 byte each.
 // 16-byte chunks are XOR-swizzled per row so the fragment loads below are conflict free.
@@ -60,22 +61,26 @@ __device__ __forceinline__ uint32_t lds32(const void* p) {
 }
 #endif
 
-template <typename T, bool INT4, int BM, int BN, int BK, int WARPS_M, int WARPS_N, int STAGES>
+template <typename T, bool INT4, int BM, int BN, int BK, int WARPS_M, int WARPS_N, int WARPS_K, int STAGES>
 struct Cfg {
-  static constexpr int kThreads = WARPS_M * WARPS_N * 32;
+  static constexpr int kThreads = WARPS_M * WARPS_N * WARPS_K * 32;
   static constexpr int WTM = BM / WARPS_M, WTN = BN / WARPS_N;
   static constexpr int MI = WTM / 16, NI = WTN / 8;
   static constexpr int kXRow = BK * 2;                   // bytes per x tile row
   static constexpr int kWRow = INT4 ? BK / 2 : BK;       // bytes per weight tile row
   static constexpr int kXStage = BM * kXRow, kWStage = BN * kWRow;
   static constexpr int kSmem = STAGES * (kXStage + kWStage);
+  static constexpr int kSlicesPerWarp = BK / 32 / WARPS_K;  // 32-wide k slices per warp per stage
+  static constexpr int kAcc = MI * NI * 4;                  // accumulators per thread
   static_assert(WTM % 16 == 0 && WTN % 8 == 0 && BK % 64 == 0, "bad tile shape");
+  static_assert(kSlicesPerWarp * WARPS_K * 32 == BK, "BK must split evenly over the K warps");
+  static_assert((WARPS_K - 1) * WARPS_M * WARPS_N * 32 * kAcc * 4 <= kSmem, "no room for the K reduction");
 };
 
-template <typename T, bool INT4, int BM, int BN, int BK, int WARPS_M, int WARPS_N, int STAGES>
-__global__ void __launch_bounds__(WARPS_M * WARPS_N * 32)
+template <typename T, bool INT4, int BM, int BN, int BK, int WARPS_M, int WARPS_N, int WARPS_K, int STAGES>
+__global__ void __launch_bounds__(WARPS_M * WARPS_N * WARPS_K * 32)
 wxa16_mma_kernel(const WxA16Problem p) {
-  using C = Cfg<T, INT4, BM, BN, BK, WARPS_M, WARPS_N, STAGES>;
+  using C = Cfg<T, INT4, BM, BN, BK, WARPS_M, WARPS_N, WARPS_K, STAGES>;
   MYQ_DYNAMIC_SMEM(smem_raw);
   uint8_t* Xs = reinterpret_cast<uint8_t*>(smem_raw);
   uint8_t* Ws = Xs + STAGES * C::kXStage;
@@ -85,7 +90,9 @@ wxa16_mma_kernel(const WxA16Problem p) {
   const int kt_count = static_cast<int>(ceil_div(K, BK));
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane >> 2, t = lane & 3;
-  const int wm = (warp / WARPS_N) * C::WTM, wn = (warp % WARPS_N) * C::WTN;
+  // warp (wk, wm, wn): K-slice wk of every stage, rows wm.., columns wn.. of the block tile
+  const int wk = warp / (WARPS_M * WARPS_N), wmn = warp % (WARPS_M * WARPS_N);
+  const int wm = (wmn / WARPS_N) * C::WTM, wn = (wmn % WARPS_N) * C::WTN;
   const T* x = static_cast<const T*>(p.x);
   const uint8_t* w = p.w;
   const int64_t w_pitch = INT4 ? K / 2 : K;
@@ -149,7 +156,8 @@ wxa16_mma_kernel(const WxA16Problem p) {
     const uint8_t* xs = Xs + (kt % STAGES) * C::kXStage;
     const uint8_t* ws = Ws + (kt % STAGES) * C::kWStage;
 #pragma unroll
-    for (int kc = 0; kc < BK / 32; ++kc) {
+    for (int kci = 0; kci < C::kSlicesPerWarp; ++kci) {
+      const int kc = wk * C::kSlicesPerWarp + kci;
       // x fragments for both k16 steps: row g and g+8, k = 8t .. 8t+7 of this 32-slice
       uint32_t a[C::MI][2][4];
 #pragma unroll
@@ -204,6 +212,32 @@ wxa16_mma_kernel(const WxA16Problem p) {
   }
   cp_async_wait<0>();
 
+  if constexpr (WARPS_K > 1) {  // sum the K-slices: warps wk > 0 hand their tiles to wk = 0
+    __syncthreads();            // every stage consumed: the pipeline memory is free
+    float* red = reinterpret_cast<float*>(smem_raw);
+    if (wk > 0) {
+      float* mine = red + ((static_cast<size_t>(wk - 1) * WARPS_M * WARPS_N + wmn) * 32 + lane) * C::kAcc;
+#pragma unroll
+      for (int i = 0; i < C::MI; ++i)
+#pragma unroll
+        for (int j = 0; j < C::NI; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) mine[(i * C::NI + j) * 4 + e] = acc[i][j][e];
+    }
+    __syncthreads();
+    if (wk > 0) return;
+#pragma unroll
+    for (int w = 1; w < WARPS_K; ++w) {
+      const float* other = red + ((static_cast<size_t>(w - 1) * WARPS_M * WARPS_N + wmn) * 32 + lane) * C::kAcc;
+#pragma unroll
+      for (int i = 0; i < C::MI; ++i)
+#pragma unroll
+        for (int j = 0; j < C::NI; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) acc[i][j][e] += other[(i * C::NI + j) * 4 + e];
+    }
+  }
+
   // epilogue: int8: acc * scale[n] (+ bias); int4: acc (+ bias)
   T* out = static_cast<T*>(p.out);
 #pragma unroll
@@ -228,10 +262,10 @@ wxa16_mma_kernel(const WxA16Problem p) {
     }
 }
 
-template <typename T, bool INT4, int BM, int BN, int BK, int WARPS_M, int WARPS_N, int STAGES>
+template <typename T, bool INT4, int BM, int BN, int BK, int WARPS_M, int WARPS_N, int WARPS_K, int STAGES>
 cudaError_t launch(const WxA16Problem& p, cudaStream_t stream) {
-  using C = Cfg<T, INT4, BM, BN, BK, WARPS_M, WARPS_N, STAGES>;
-  auto kernel = wxa16_mma_kernel<T, INT4, BM, BN, BK, WARPS_M, WARPS_N, STAGES>;
+  using C = Cfg<T, INT4, BM, BN, BK, WARPS_M, WARPS_N, WARPS_K, STAGES>;
+  auto kernel = wxa16_mma_kernel<T, INT4, BM, BN, BK, WARPS_M, WARPS_N, WARPS_K, STAGES>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem);
   if (err != cudaSuccess) return err;
   const dim3 grid(static_cast<unsigned>(ceil_div(p.N, BN)), static_cast<unsigned>(ceil_div(p.M, BM)));
@@ -241,9 +275,11 @@ cudaError_t launch(const WxA16Problem& p, cudaStream_t stream) {
 
 template <typename T, bool INT4>
 cudaError_t launch_for_m(const WxA16Problem& p, cudaStream_t stream) {
-  if (p.M <= 16) return launch<T, INT4, 16, 64, 256, 1, 4, 3>(p, stream);
-  if (p.M <= 64) return launch<T, INT4, 64, 128, 64, 2, 4, 4>(p, stream);
-  return launch<T, INT4, 128, 128, 64, 2, 4, 4>(p, stream);
+  // Small batches are bound by the weight stream: narrow column tiles (many blocks) with the
+  // K range of each stage split over two warps, deep pipeline. Larger batches: big tiles.
+  if (p.M <= 16) return launch<T, INT4, 16, 32, 256, 1, 2, 2, 4>(p, stream);
+  if (p.M <= 64) return launch<T, INT4, 64, 128, 64, 2, 4, 1, 4>(p, stream);
+  return launch<T, INT4, 128, 128, 64, 2, 4, 1, 4>(p, stream);
 }
 
 bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }

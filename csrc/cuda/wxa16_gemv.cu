@@ -50,11 +50,20 @@ __global__ void __launch_bounds__(kThreads) gemv_vec_kernel(const WxA16Problem p
     for (int r = 0; r < RW; ++r) acc[m][r] = 0.0f;
 
   const int64_t chunks = K / KPC;
-
+  // software pipeline: the next chunk's weights are in flight while this one is used
+  uint4 wnext[RW];
+  if (lane < chunks) {
+#pragma unroll
+    for (int r = 0; r < RW; ++r) wnext[r] = ldg_stream16(p.w + nrow[r] * pitch + lane * 16);
+  }
   for (int64_t c = lane; c < chunks; c += 32) {
     uint4 wv[RW];
 #pragma unroll
-    for (int r = 0; r < RW; ++r) wv[r] = ldg_stream16(p.w + nrow[r] * pitch + c * 16);
+    for (int r = 0; r < RW; ++r) wv[r] = wnext[r];
+    if (c + 32 < chunks) {
+#pragma unroll
+      for (int r = 0; r < RW; ++r) wnext[r] = ldg_stream16(p.w + nrow[r] * pitch + (c + 32) * 16);
+    }
 
     float wf[RW][KPC];
 #pragma unroll
