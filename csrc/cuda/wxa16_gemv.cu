@@ -25,7 +25,7 @@ __device__ __forceinline__ void store_out(const WxA16Problem& p, int64_t m, int6
 }
 
 template <typename T, int MR, bool INT4>
-__global__ void __launch_bounds__(kThreads) gemv_vec_kernel(const WxA16Problem p, int64_t m_begin) {
+__global__ void __launch_bounds__(kThreads, 1) gemv_vec_kernel(const WxA16Problem p, int64_t m_begin) {
   constexpr int KPC = INT4 ? 32 : 16;                  // k per 16-byte weight chunk
   constexpr int XV = KPC * int(sizeof(T)) / 16;        // 16-byte x loads per chunk
   constexpr int XE = 16 / int(sizeof(T));              // x elements per 16-byte load
@@ -52,6 +52,8 @@ __global__ void __launch_bounds__(kThreads) gemv_vec_kernel(const WxA16Problem p
   const int64_t chunks = K / KPC;
   // software pipeline: the next chunk's weights are in flight while this one is used
   uint4 wnext[RW];
+#pragma unroll
+  for (int r = 0; r < RW; ++r) wnext[r] = make_uint4(0, 0, 0, 0);
   if (lane < chunks) {
 #pragma unroll
     for (int r = 0; r < RW; ++r) wnext[r] = ldg_stream16(p.w + nrow[r] * pitch + lane * 16);
