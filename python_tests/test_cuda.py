@@ -141,6 +141,12 @@ def test_empty_batch_and_empty_k(backend, op):
             weight, scale = cuda(*int8_weight(5, 64))
             y = getattr(myq_kernels, op)(x, weight, scale)
         assert y.shape == (*shape[:-1], 5) and y.dtype == x.dtype
+    if op != "int4_linear":  # K = 0: every dot product is empty, the result is the bias
+        x = torch.randn(3, 0, device=CUDA, dtype=torch.float16)
+        weight = torch.zeros(5, 0, dtype=torch.int8, device=CUDA)
+        bias = torch.randn(5, device=CUDA)
+        y = getattr(myq_kernels, op)(x, weight, torch.ones(5, device=CUDA), bias)
+        assert y.shape == (3, 5) and torch.equal(y, bias.half().expand(3, 5))
 
 
 def test_pack_unpack_every_byte(backend, poisoned_outputs):
