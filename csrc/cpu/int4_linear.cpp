@@ -2,9 +2,10 @@
 //
 // Small M: activations are reordered once per call (int4_prepare_x) so that the low and
 // high nibbles of 16 packed bytes meet 16 contiguous x values each; a row is streamed
-// once per block of MR activation rows, NR rows at a time. Within a group the products
-// sum(x * q) accumulate unscaled, then one FMA per group applies the group scale; the
-// zero point enters once at the end as sum_g scale*zero*sum(x in group).
+// once per block of MR activation rows, NR rows at a time. AVX-512 looks the nibbles up
+// in a per-group table of dequantized values (vpermps). AVX2 / scalar: within a group
+// the products sum(x * q) accumulate unscaled, then one FMA per group applies the group
+// scale; the zero point enters once at the end as sum_g scale*zero*sum(x in group).
 // Large M: int4_dequant fills a float32 / bfloat16 tile for at::mm in the binding.
 #include <immintrin.h>
 
@@ -59,39 +60,42 @@ void gemv_scalar(const float* xp, const float* xsum, int64_t M, int64_t K,
 }
 
 // ---------------------------------------------------------------- AVX-512
+// Per row and group, a 16-entry table holds the dequantized weights (v - zero) * scale
+// for v = 0..15 (the reference's float32 arithmetic, so the weights are bit-identical);
+// vpermps looks the nibbles up in it, which replaces the int -> float conversion and
+// folds scale and zero point in: no per-group partial sums, no zero correction.
 template <int MR>
 MYQ_TARGET_AVX512 void block_avx512(const float* xp, int64_t K, int64_t gs,
                                     const uint8_t* const* pr, const float* const* sr,
-                                    float* out) {
-  const __m512i low4 = _mm512_set1_epi32(15);
+                                    const float* const* zr, float* out) {
+  const __m512 iota = _mm512_set_ps(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
   __m512 acc[MR][kNR];
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < kNR; ++j) acc[i][j] = _mm512_setzero_ps();
   const int64_t G = K / gs;
   for (int64_t g = 0; g < G; ++g) {
-    __m512 part[MR][kNR];
-    for (int i = 0; i < MR; ++i)
-      for (int j = 0; j < kNR; ++j) part[i][j] = _mm512_setzero_ps();
+    __m512 tab[kNR];
+    for (int j = 0; j < kNR; ++j) {
+      const __m512 z = _mm512_set1_ps(zr[j] ? zr[j][g] : kSymmetricZero);
+      tab[j] = _mm512_mul_ps(_mm512_sub_ps(iota, z), _mm512_set1_ps(sr[j][g]));
+    }
     for (int64_t k = g * gs; k < (g + 1) * gs; k += kInt4Chunk) {
-      __m512 xlo[MR], xhi[MR];
-      for (int i = 0; i < MR; ++i) {
-        xlo[i] = _mm512_loadu_ps(xp + i * K + k);
-        xhi[i] = _mm512_loadu_ps(xp + i * K + k + 16);
-      }
+      __m512 lo[kNR], hi[kNR];
       for (int j = 0; j < kNR; ++j) {
-        __m512i v = _mm512_cvtepu8_epi32(
+        // 16 lanes, one packed byte each: vpermps reads the low 4 bits of the index.
+        const __m512i v = _mm512_cvtepu8_epi32(
             _mm_loadu_si128(reinterpret_cast<const __m128i*>(pr[j] + k / 2)));
-        __m512 lo = _mm512_cvtepi32_ps(_mm512_and_si512(v, low4));
-        __m512 hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4));
-        for (int i = 0; i < MR; ++i) {
-          part[i][j] = _mm512_fmadd_ps(xlo[i], lo, part[i][j]);
-          part[i][j] = _mm512_fmadd_ps(xhi[i], hi, part[i][j]);
+        lo[j] = _mm512_permutexvar_ps(v, tab[j]);
+        hi[j] = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), tab[j]);
+      }
+      for (int i = 0; i < MR; ++i) {
+        const __m512 xlo = _mm512_loadu_ps(xp + i * K + k);
+        const __m512 xhi = _mm512_loadu_ps(xp + i * K + k + 16);
+        for (int j = 0; j < kNR; ++j) {
+          acc[i][j] = _mm512_fmadd_ps(xlo, lo[j], acc[i][j]);
+          acc[i][j] = _mm512_fmadd_ps(xhi, hi[j], acc[i][j]);
         }
       }
-    }
-    for (int j = 0; j < kNR; ++j) {
-      const __m512 s = _mm512_set1_ps(sr[j][g]);
-      for (int i = 0; i < MR; ++i) acc[i][j] = _mm512_fmadd_ps(part[i][j], s, acc[i][j]);
     }
   }
   for (int i = 0; i < MR; ++i)
@@ -150,33 +154,42 @@ template <bool kAvx512>
 void gemv_vector(const float* xp, const float* xsum, int64_t M, int64_t K,
                  const uint8_t* packed, const float* scales, const float* zeros, int64_t gs,
                  const float* bias, float* y, int64_t ldy, int64_t n0, int64_t n1) {
-  constexpr int kMaxMR = kAvx512 ? 2 : 1;  // accumulators + per-group partials in registers
+  constexpr int kMaxMR = kAvx512 ? 4 : 1;  // AVX2 keeps per-group partials in registers
   const int64_t G = K / gs;
   float out[kMaxMR * kNR];
   for (int64_t nb = n0; nb < n1; nb += kNR) {
     const int nr = static_cast<int>(std::min<int64_t>(kNR, n1 - nb));
     const uint8_t* pr[kNR];
     const float* sr[kNR];
+    const float* zr[kNR];
     for (int j = 0; j < kNR; ++j) {
       const int64_t n = nb + std::min(j, nr - 1);  // pad: repeat the last row
       pr[j] = packed + n * (K / 2);
       sr[j] = scales + n * G;
+      zr[j] = zeros ? zeros + n * G : nullptr;
     }
     for (int64_t m = 0; m < M; m += kMaxMR) {
       const int mr = static_cast<int>(std::min<int64_t>(kMaxMR, M - m));
       const float* xm = xp + m * K;
       if constexpr (kAvx512) {
-        if (mr == 2) block_avx512<2>(xm, K, gs, pr, sr, out);
-        else block_avx512<1>(xm, K, gs, pr, sr, out);
+        switch (mr) {
+          case 1: block_avx512<1>(xm, K, gs, pr, sr, zr, out); break;
+          case 2: block_avx512<2>(xm, K, gs, pr, sr, zr, out); break;
+          case 3: block_avx512<3>(xm, K, gs, pr, sr, zr, out); break;
+          default: block_avx512<4>(xm, K, gs, pr, sr, zr, out); break;
+        }
+        for (int i = 0; i < mr; ++i)
+          for (int j = 0; j < nr; ++j)
+            y[(m + i) * ldy + nb + j] = out[i * kNR + j] + (bias ? bias[nb + j] : 0.f);
       } else {
         block_avx2<1>(xm, K, gs, pr, sr, out);
+        for (int i = 0; i < mr; ++i)
+          for (int j = 0; j < nr; ++j) {
+            const int64_t n = nb + j;
+            y[(m + i) * ldy + n] = finish(out[i * kNR + j], xsum + (m + i) * G, scales + n * G,
+                                          zeros ? zeros + n * G : nullptr, G, bias, n);
+          }
       }
-      for (int i = 0; i < mr; ++i)
-        for (int j = 0; j < nr; ++j) {
-          const int64_t n = nb + j;
-          y[(m + i) * ldy + n] = finish(out[i * kNR + j], xsum + (m + i) * G, scales + n * G,
-                                        zeros ? zeros + n * G : nullptr, G, bias, n);
-        }
     }
   }
 }
@@ -206,41 +219,64 @@ MYQ_TARGET_AVX512 inline __m256i to_bf16_avx512(__m512 f) {
   return _mm512_cvtepi32_epi16(_mm512_srli_epi32(bits, 16));
 }
 
-template <typename T>
-MYQ_TARGET_AVX512 inline void store16_avx512(T* dst, __mmask16 mask, __m512 v) {
-  if constexpr (std::is_same_v<T, float>) _mm512_mask_storeu_ps(dst, mask, v);
-  else _mm256_mask_storeu_epi16(dst, mask, to_bf16_avx512(v));
-}
-
+// Dequantized weights of one group, natural order, via the same per-group table as the
+// gemv (values bit-identical to the reference; bf16 rounds them to nearest even).
 template <typename T>
 MYQ_TARGET_AVX512 void dequant_avx512(const uint8_t* packed, const float* scales,
                                       const float* zeros, int64_t gs, int64_t K, int64_t n0,
                                       int64_t n1, T* tile) {
   const int64_t G = K / gs;
-  const __m512i low4 = _mm512_set1_epi32(15);
-  // lo = q[0, 2, ..., 30], hi = q[1, 3, ..., 31]: interleave back to natural order.
+  const __m512 iota = _mm512_set_ps(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  // float: lo = q[0, 2, ..., 30], hi = q[1, 3, ..., 31] -> natural order
   const __m512i idx_a = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
   const __m512i idx_b =
       _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+  // bf16: lo = q[0, 2, ..., 62], hi = q[1, 3, ..., 63] (words) -> natural order
+  const __m512i widx_a = _mm512_set_epi16(
+      47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8,
+      39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+  const __m512i widx_b = _mm512_set_epi16(
+      63, 31, 62, 30, 61, 29, 60, 28, 59, 27, 58, 26, 57, 25, 56, 24,
+      55, 23, 54, 22, 53, 21, 52, 20, 51, 19, 50, 18, 49, 17, 48, 16);
   for (int64_t n = n0; n < n1; ++n) {
     const uint8_t* pr = packed + n * (K / 2);
     T* out = tile + (n - n0) * K;
     for (int64_t g = 0; g < G; ++g) {
-      const __m512 s = _mm512_set1_ps(scales[n * G + g]);
       const __m512 z = _mm512_set1_ps(zero_at(zeros, n * G + g));
+      const __m512 tab = _mm512_mul_ps(_mm512_sub_ps(iota, z), _mm512_set1_ps(scales[n * G + g]));
       const int64_t b_end = (g + 1) * gs / 2;
-      for (int64_t b = g * gs / 2; b < b_end; b += 16) {
-        const int64_t nb = std::min<int64_t>(16, b_end - b);
-        const __mmask16 mask = nb == 16 ? __mmask16(0xFFFF) : __mmask16((1u << nb) - 1);
-        __m512i v = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, pr + b));
-        __m512 lo = _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_and_si512(v, low4)), z), s);
-        __m512 hi = _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4)), z), s);
-        const int64_t ne = 2 * nb;  // elements in this step
-        const __mmask16 m0 = ne >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << ne) - 1);
-        const __mmask16 m1 = ne >= 32 ? __mmask16(0xFFFF)
-                             : ne > 16 ? __mmask16((1u << (ne - 16)) - 1) : __mmask16(0);
-        store16_avx512<T>(out + 2 * b, m0, _mm512_permutex2var_ps(lo, idx_a, hi));
-        store16_avx512<T>(out + 2 * b + 16, m1, _mm512_permutex2var_ps(lo, idx_b, hi));
+      if constexpr (std::is_same_v<T, float>) {
+        for (int64_t b = g * gs / 2; b < b_end; b += 16) {
+          const int64_t nb = std::min<int64_t>(16, b_end - b);
+          const __mmask16 mask = nb == 16 ? __mmask16(0xFFFF) : __mmask16((1u << nb) - 1);
+          const __m512i v = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, pr + b));
+          const __m512 lo = _mm512_permutexvar_ps(v, tab);
+          const __m512 hi = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), tab);
+          const int64_t ne = 2 * nb;
+          const __mmask16 m0 = ne >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << ne) - 1);
+          const __mmask16 m1 = ne >= 32 ? __mmask16(0xFFFF)
+                               : ne > 16 ? __mmask16((1u << (ne - 16)) - 1) : __mmask16(0);
+          _mm512_mask_storeu_ps(out + 2 * b, m0, _mm512_permutex2var_ps(lo, idx_a, hi));
+          _mm512_mask_storeu_ps(out + 2 * b + 16, m1, _mm512_permutex2var_ps(lo, idx_b, hi));
+        }
+      } else {
+        const __m256i t16 = to_bf16_avx512(tab);
+        // vpermw reads 5 index bits: the table repeats, so bit 4 may hold anything.
+        const __m512i wtab = _mm512_inserti64x4(_mm512_castsi256_si512(t16), t16, 1);
+        const __m512i low4 = _mm512_set1_epi16(15);
+        for (int64_t b = g * gs / 2; b < b_end; b += 32) {
+          const int64_t nb = std::min<int64_t>(32, b_end - b);
+          const __mmask32 mask = nb == 32 ? ~__mmask32(0) : __mmask32((1u << nb) - 1);
+          const __m512i v = _mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(mask, pr + b));
+          const __m512i lo = _mm512_permutexvar_epi16(v, wtab);
+          const __m512i hi = _mm512_permutexvar_epi16(_mm512_and_si512(_mm512_srli_epi16(v, 4), low4), wtab);
+          const int64_t ne = 2 * nb;
+          const __mmask32 m0 = ne >= 32 ? ~__mmask32(0) : __mmask32((1u << ne) - 1);
+          const __mmask32 m1 = ne >= 64 ? ~__mmask32(0)
+                               : ne > 32 ? __mmask32((1u << (ne - 32)) - 1) : __mmask32(0);
+          _mm512_mask_storeu_epi16(out + 2 * b, m0, _mm512_permutex2var_epi16(lo, widx_a, hi));
+          _mm512_mask_storeu_epi16(out + 2 * b + 32, m1, _mm512_permutex2var_epi16(lo, widx_b, hi));
+        }
       }
     }
   }

@@ -20,6 +20,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -30,8 +31,15 @@ namespace myq {
 namespace {
 
 // Activation rows up to which the W8A16 / W4A16 ops stream weights (gemv) instead of
-// dequantizing tiles for a GEMM.
-constexpr int64_t kSmallM = 16;
+// dequantizing tiles for a GEMM: float32 / float16 x (float32 tiles, MKL sgemm) and
+// bfloat16 x (bfloat16 tiles, oneDNN, AMX where present). Also the W8A8 VNNI kernel's
+// switch from splitting N to a 2-D (M, N) task grid.
+constexpr int64_t kSmallM = 32;
+constexpr int64_t kSmallMBFloat16 = 12;
+
+int64_t small_m_limit(const at::Tensor& x) {
+  return x.scalar_type() == at::kBFloat16 ? kSmallMBFloat16 : kSmallM;
+}
 // Tile of the large-M path: output columns per dequantized tile, and rows of x per mm.
 constexpr int64_t kTileN = 256;
 constexpr int64_t kTileM = 256;
@@ -103,6 +111,29 @@ at::Tensor finish(const at::Tensor& y, const at::Tensor& x, int64_t n) {
   return out.view(out_shape(x, n));
 }
 
+// ---------------------------------------------------------------- scratch
+// A per-thread buffer kept across calls: a fresh multi-MB allocation per call costs page
+// faults on every use. Freed when a request exceeds kScratchKeepBytes.
+constexpr size_t kScratchKeepBytes = size_t(64) << 20;
+
+template <typename T>
+T* scratch(int64_t count) {
+  struct Buffer {
+    void* ptr = nullptr;
+    size_t size = 0;
+    ~Buffer() { std::free(ptr); }
+  };
+  thread_local Buffer buf;
+  const size_t bytes = (static_cast<size_t>(count) * sizeof(T) + 63) / 64 * 64;
+  if (bytes > buf.size || (buf.size > kScratchKeepBytes && bytes < buf.size / 2)) {
+    std::free(buf.ptr);
+    buf.ptr = std::aligned_alloc(64, std::max<size_t>(bytes, 64));
+    TORCH_CHECK(buf.ptr != nullptr, "myq: out of memory allocating a ", bytes, "-byte tile");
+    buf.size = bytes;
+  }
+  return static_cast<T*>(buf.ptr);
+}
+
 // ---------------------------------------------------------------- threading helpers
 // fn(n0, n1) over blocks of output columns; `work_per_col` multiply-adds per column.
 template <typename Fn>
@@ -128,18 +159,19 @@ void tiled_mm(const at::Tensor& xt, int64_t N, const Dequant& dequant, const flo
   at::parallel_for(0, nblocks * mblocks, 1, [&](int64_t t0, int64_t t1) {
     // at::cpu::mm calls the CPU kernel directly: no dispatcher, autograd or Python
     // modes in the worker threads; nested in this parallel region it runs on one thread.
-    at::Tensor tile = at::detail::empty_cpu({kTileN, K}, xt.scalar_type());
+    T* tile = scratch<T>(kTileN * K);
     int64_t have = -1;
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t nb = t / mblocks, mb = t % mblocks;
       const int64_t n0 = nb * kTileN, n1 = std::min(N, n0 + kTileN);
       const int64_t m0 = mb * kTileM, m1 = std::min(M, m0 + kTileM);
       if (nb != have) {
-        dequant(n0, n1, tile.mutable_data_ptr<T>());
+        dequant(n0, n1, tile);
         have = nb;
       }
       const int64_t nl = n1 - n0, ml = m1 - m0;
-      at::Tensor acc = at::cpu::mm(tile.narrow(0, 0, nl), xt.narrow(1, m0, ml));
+      const at::Tensor tile_t = at::from_blob(tile, {nl, K}, xt.options());
+      at::Tensor acc = at::cpu::mm(tile_t, xt.narrow(1, m0, ml));
       TORCH_INTERNAL_ASSERT(acc.is_contiguous());
       const T* a = acc.const_data_ptr<T>();
       // acc is [nl, ml]: write y's rows contiguously, 16 columns of acc at a time.
@@ -184,7 +216,7 @@ at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& weight,
   const float* bp = ptr_or_null<float>(b);
   float* yp = y.mutable_data_ptr<float>();
   const int8_t* wp = w.const_data_ptr<int8_t>();
-  if (rows <= kSmallM) {
+  if (rows <= small_m_limit(x)) {
     const at::Tensor xf = x2.to(at::kFloat).contiguous();
     const float* xp = xf.const_data_ptr<float>();
     parallel_cols(N, rows * K, [&](int64_t n0, int64_t n1) {
@@ -316,7 +348,7 @@ at::Tensor int4_linear_cpu(const at::Tensor& x, const at::Tensor& packed,
   const float* bp = ptr_or_null<float>(b);
   float* yp = y.mutable_data_ptr<float>();
   const at::Tensor x2 = x.reshape({M, K});
-  if (M <= kSmallM && int4_gemv_supported(group_size)) {
+  if (M <= small_m_limit(x) && int4_gemv_supported(group_size)) {
     const at::Tensor xf = x2.to(at::kFloat).contiguous();
     at::Tensor xp = at::empty({M, K}, xf.options());
     at::Tensor xsum = at::empty({M, G}, xf.options());
