@@ -53,8 +53,11 @@ Isa select() {
   else if (want == "avx512_vnni") forced = Isa::Avx512Vnni;
   else if (want == "avx2") forced = Isa::Avx2;
   else if (want == "scalar") forced = Isa::Scalar;
-  else
-    TORCH_CHECK(false, "MYQ_CPU_ISA must be one of avx512_amx, avx512_vnni, avx2, scalar; got '", want, "'");
+  else {
+    TORCH_WARN("myq: ignoring MYQ_CPU_ISA='", want,
+               "': must be one of avx512_amx, avx512_vnni, avx2, scalar");
+    return best;
+  }
   // Never pick a path the CPU cannot run.
   return static_cast<int>(forced) < static_cast<int>(best) ? forced : best;
 }
