@@ -123,11 +123,13 @@ PYEOF
 step_b() {
     local t0=$SECONDS
     echo "== b. build + link the extension against CUDA torch in $VENV"
-    if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import torch, sys; sys.exit(torch.version.cuda is None)" 2>/dev/null; then
-        echo "   creating $VENV: pip install torch==2.14.1 numpy ninja (CUDA build, ~5 GB)"
-        python3 -m venv "$VENV" && "$VENV/bin/pip" install -q torch==2.14.1 numpy ninja setuptools wheel \
-            2> >(grep -v "is ignored: it is neither a file nor a directory" >&2) || {
-            result "b1. CUDA torch venv" FAIL $((SECONDS - t0)); return; }
+    if [ -n "${VENV_PID:-}" ]; then
+        echo "   waiting for the venv started in the background (log: $VENV.log)"
+        wait "$VENV_PID" || { tail -20 "$VENV.log"; result "b1. CUDA torch venv" FAIL $((SECONDS - VENV_T0)); return; }
+        t0=$VENV_T0
+    fi
+    if ! venv_ok; then
+        create_venv || { tail -20 "$VENV.log"; result "b1. CUDA torch venv" FAIL $((SECONDS - t0)); return; }
     fi
     "$VENV/bin/python" -c "import ninja" 2>/dev/null || "$VENV/bin/pip" install -q ninja setuptools wheel
     result "b1. CUDA torch venv ($("$VENV/bin/python" -c 'import torch; print(torch.__version__)'))" PASS $((SECONDS - t0))
@@ -213,6 +215,25 @@ step_d() {
         result "d. CUDA kernels match the reference in the CPU emulator" FAIL $((SECONDS - t0))
     fi
 }
+
+venv_ok() {
+    [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import torch, sys; sys.exit(torch.version.cuda is None)" 2>/dev/null
+}
+create_venv() {  # ~1-3 min, ~5 GB: the CUDA build of torch, from the local wheel cache
+    echo "   creating $VENV: pip install torch==2.14.1 numpy ninja (CUDA build, ~5 GB)"
+    rm -rf "$VENV" && python3 -m venv "$VENV" &&
+        "$VENV/bin/pip" install -q torch==2.14.1 numpy ninja setuptools wheel >"$VENV.log" 2>&1
+}
+# The venv is mostly disk I/O: build it in the background while step a compiles.
+case " $STEPS " in
+    *" b "*)
+        if ! venv_ok; then
+            mkdir -p "$(dirname "$VENV")"
+            VENV_T0=$SECONDS
+            create_venv &
+            VENV_PID=$!
+        fi ;;
+esac
 
 for s in $STEPS; do
     "step_$s"

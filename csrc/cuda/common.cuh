@@ -64,6 +64,14 @@ __device__ __forceinline__ void store_from_float(void* p, int dtype, int64_t i, 
   else static_cast<float*>(p)[i] = v;
 }
 
+// Two adjacent elements p[i], p[i + 1] in one store; i even and p 8-byte aligned.
+__device__ __forceinline__ void store2_from_float(void* p, int dtype, int64_t i, float v0, float v1) {
+  if (dtype == kF16) *reinterpret_cast<__half2*>(static_cast<__half*>(p) + i) = __floats2half2_rn(v0, v1);
+  else if (dtype == kBF16)
+    *reinterpret_cast<__nv_bfloat162*>(static_cast<__nv_bfloat16*>(p) + i) = __floats2bfloat162_rn(v0, v1);
+  else *reinterpret_cast<float2*>(static_cast<float*>(p) + i) = make_float2(v0, v1);
+}
+
 // 16-byte global load that bypasses L1 (weights are read exactly once).
 __device__ __forceinline__ uint4 ldg_stream16(const void* p) {
 #ifdef MYQ_CUDA_SIM

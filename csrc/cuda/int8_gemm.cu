@@ -132,6 +132,7 @@ int8_gemm_kernel(const int8_t* __restrict__ A, const int8_t* __restrict__ B, int
       cs[j][e] = n < N ? load_as_float(sb, sb_type, n) : 0.0f;
       cb[j][e] = (bias != nullptr && n < N) ? load_as_float(bias, bias_type, n) : 0.0f;
     }
+  const bool pairs = N % 2 == 0;  // (m, n), (m, n + 1) adjacent and 4/8-byte aligned: one store
 #pragma unroll
   for (int i = 0; i < C::MI; ++i)
 #pragma unroll
@@ -140,15 +141,21 @@ int8_gemm_kernel(const int8_t* __restrict__ A, const int8_t* __restrict__ B, int
       if (m >= M) continue;
       const float rs = sa[m];
 #pragma unroll
-      for (int j = 0; j < C::NI; ++j)
+      for (int j = 0; j < C::NI; ++j) {
+        const int64_t n = n0 + wn + j * 8 + 2 * t;
+        float v[2];
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
-          const int64_t n = n0 + wn + j * 8 + 2 * t + e;
-          if (n >= N) continue;
-          float v = __fmul_rn(__fmul_rn(__int2float_rn(acc[i][j][2 * h + e]), rs), cs[j][e]);
-          if (bias != nullptr) v = __fadd_rn(v, cb[j][e]);
-          store_from_float(out, out_type, m * N + n, v);
+          v[e] = __fmul_rn(__fmul_rn(__int2float_rn(acc[i][j][2 * h + e]), rs), cs[j][e]);
+          if (bias != nullptr) v[e] = __fadd_rn(v[e], cb[j][e]);
         }
+        if (pairs && n + 1 < N) {
+          store2_from_float(out, out_type, m * N + n, v[0], v[1]);
+        } else {
+          if (n < N) store_from_float(out, out_type, m * N + n, v[0]);
+          if (n + 1 < N) store_from_float(out, out_type, m * N + n + 1, v[1]);
+        }
+      }
     }
 }
 

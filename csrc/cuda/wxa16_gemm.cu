@@ -238,28 +238,42 @@ wxa16_mma_kernel(const WxA16Problem p) {
     }
   }
 
-  // epilogue: int8: acc * scale[n] (+ bias); int4: acc (+ bias)
+  // epilogue: int8: acc * scale[n] (+ bias); int4: acc (+ bias). Columns 2t, 2t+1 of a tile are
+  // adjacent: one 4-byte store when N is even (then the pair is 4-byte aligned).
   T* out = static_cast<T*>(p.out);
+  const bool pairs = N % 2 == 0;
 #pragma unroll
-  for (int j = 0; j < C::NI; ++j)
+  for (int j = 0; j < C::NI; ++j) {
+    const int64_t n = n0 + wn + j * 8 + 2 * t;
+    if (n >= N) continue;
+    float cs[2], cb[2];
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
-      const int64_t n = n0 + wn + j * 8 + 2 * t + e;
-      if (n >= N) continue;
-      const float cs = INT4 ? 1.0f : load_as_float(p.scale, p.scale_type, n);
-      const float cb = p.bias != nullptr ? load_as_float(p.bias, p.bias_type, n) : 0.0f;
-#pragma unroll
-      for (int i = 0; i < C::MI; ++i)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int64_t m = m0 + wm + i * 16 + g + 8 * h;
-          if (m >= M) continue;
-          float v = acc[i][j][2 * h + e];
-          if (!INT4) v = __fmul_rn(v, cs);
-          if (p.bias != nullptr) v = __fadd_rn(v, cb);
-          out[m * N + n] = Elem<T>::from_float(v);
-        }
+      const bool ok = n + e < N;
+      cs[e] = (INT4 || !ok) ? 1.0f : load_as_float(p.scale, p.scale_type, n + e);
+      cb[e] = (p.bias != nullptr && ok) ? load_as_float(p.bias, p.bias_type, n + e) : 0.0f;
     }
+#pragma unroll
+    for (int i = 0; i < C::MI; ++i)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int64_t m = m0 + wm + i * 16 + g + 8 * h;
+        if (m >= M) continue;
+        float v[2];
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          v[e] = acc[i][j][2 * h + e];
+          if (!INT4) v[e] = __fmul_rn(v[e], cs[e]);
+          if (p.bias != nullptr) v[e] = __fadd_rn(v[e], cb[e]);
+        }
+        if (pairs && n + 1 < N) {
+          *reinterpret_cast<uint32_t*>(out + m * N + n) = Elem<T>::pack2(v[0], v[1]);
+        } else {
+          out[m * N + n] = Elem<T>::from_float(v[0]);
+          if (n + 1 < N) out[m * N + n + 1] = Elem<T>::from_float(v[1]);
+        }
+      }
+  }
 }
 
 template <typename T, bool INT4, int BM, int BN, int BK, int WARPS_M, int WARPS_N, int WARPS_K, int STAGES>
