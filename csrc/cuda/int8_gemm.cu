@@ -183,7 +183,10 @@ cudaError_t int8_gemm(const int8_t* A, const int8_t* B, int64_t M, int64_t N, in
     return launch<16, 64, 1, 4, 4>(A, B, M, N, K, sa, sb, sb_type, bias, bias_type, out, out_type, stream);
   if (M <= 64)
     return launch<64, 128, 2, 4, 4>(A, B, M, N, K, sa, sb, sb_type, bias, bias_type, out, out_type, stream);
-  return launch<128, 128, 2, 4, 4>(A, B, M, N, K, sa, sb, sb_type, bias, bias_type, out, out_type, stream);
+  if (M <= 256 || N <= 128)
+    return launch<128, 128, 2, 4, 4>(A, B, M, N, K, sa, sb, sb_type, bias, bias_type, out, out_type, stream);
+  // large GEMMs: 64 x 64 warp tiles (fewer shared-memory reads per mma)
+  return launch<128, 256, 2, 4, 4>(A, B, M, N, K, sa, sb, sb_type, bias, bias_type, out, out_type, stream);
 }
 
 }  // namespace myq::cuda
