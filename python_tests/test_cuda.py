@@ -14,8 +14,8 @@ from myq_kernels import reference
 from op_cases import (DTYPES, INT4_SHAPES, LINEAR_SHAPES, assert_linear_close, int4_expected, int4_weight,
                       int8_expected, int8_weight, make_bias, make_x)
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
-                                reason="no CUDA GPU visible (torch.cuda.is_available() is False)")
+if not torch.cuda.is_available():
+    pytest.skip("no CUDA GPU visible (torch.cuda.is_available() is False)", allow_module_level=True)
 
 CUDA = torch.device("cuda")
 
