@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "amx.h"
 #include "kernels.h"
 
 namespace myq {
@@ -187,29 +188,6 @@ void gemm(const int8_t* q, int64_t ldq, const float* rs, const int32_t* qsum, in
 }
 
 // ---------------------------------------------------------------- AMX
-struct alignas(64) TileConfig {
-  uint8_t palette_id;
-  uint8_t start_row;
-  uint8_t reserved[14];
-  uint16_t colsb[16];
-  uint8_t rows[16];
-};
-
-// Every tile 16 rows x 64 bytes: C tiles 0-3, weight (A) tiles 4-5, q (B) tiles 6-7.
-MYQ_TARGET_AMX void amx_begin() {
-  TileConfig cfg{};
-  cfg.palette_id = 1;
-  for (int i = 0; i < 8; ++i) {
-    cfg.colsb[i] = 64;
-    cfg.rows[i] = 16;
-  }
-  // GCC does not see that ldtilecfg reads cfg and drops the stores above without this.
-  asm volatile("" : : "r"(&cfg) : "memory");
-  _tile_loadconfig(&cfg);
-}
-
-MYQ_TARGET_AMX void amx_end() { _tile_release(); }
-
 // c[(t * 16 + n) * 16 + m] = sum_k w[n0 + 16 * (t / MT) + n, k] * q[16 * (t % MT) + m, k]
 // for the NT x MT product tiles t; w0 = row n0 of w, qb = packed block of q's first row.
 template <int NT, int MT>
@@ -237,8 +215,30 @@ MYQ_TARGET_AMX void amx_block(const int8_t* w0, int64_t K, const int8_t* qb, int
 
 }  // namespace
 
+void amx_pack_rows(const void* src, int64_t row_bytes, int64_t rows_total, void* dst,
+                   int64_t b0, int64_t b1) {
+  const int64_t groups = row_bytes / 4;
+  const char* s = static_cast<const char*>(src);
+  for (int64_t b = b0; b < b1; ++b) {
+    int32_t* d = static_cast<int32_t*>(dst) + b * kAmxTile * groups;
+    for (int64_t r = 0; r < kAmxTile; ++r) {
+      const int64_t row = b * kAmxTile + r;
+      if (row < rows_total) {
+        const char* sr = s + row * row_bytes;
+        for (int64_t g = 0; g < groups; ++g) std::memcpy(d + g * kAmxTile + r, sr + 4 * g, 4);
+      } else {
+        for (int64_t g = 0; g < groups; ++g) d[g * kAmxTile + r] = 0;
+      }
+    }
+  }
+}
+
 void amx_pack_q(const int8_t* q, int64_t ldq, int64_t M, int64_t K, int8_t* qp, int64_t b0,
                 int64_t b1) {
+  if (ldq == K) {
+    amx_pack_rows(q, K, M, qp, b0, b1);
+    return;
+  }
   const int64_t kg = K / 4;
   for (int64_t b = b0; b < b1; ++b) {
     int32_t* dst = reinterpret_cast<int32_t*>(qp + b * kAmxTile * K);

@@ -15,14 +15,14 @@
 namespace myq {
 namespace {
 
-// AMX int8 in the CPU, and the kernel's permission to use the tile data (Linux asks each
+// AMX (tiles, int8 and bf16) in the CPU, and the kernel's permission to use the tile data (Linux asks each
 // process to request it; torch / oneDNN may already have done so).
 bool amx_int8_usable() {
 #if defined(__x86_64__) && defined(__linux__)
   unsigned a, b, c, d;
   if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
-  const bool tile = (d >> 24) & 1, int8 = (d >> 25) & 1;
-  if (!tile || !int8) return false;
+  const bool bf16 = (d >> 22) & 1, tile = (d >> 24) & 1, int8 = (d >> 25) & 1;
+  if (!tile || !int8 || !bf16) return false;
   constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
   return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
 #else

@@ -4,8 +4,9 @@
 // -mavx* flags), and one of the paths below is chosen once, at the first call, from
 // __builtin_cpu_supports. MYQ_CPU_ISA=avx512_amx|avx512_vnni|avx2|scalar forces a path (a path the
 // CPU cannot run is lowered to the best one it can), so tests can cover every path on
-// one machine. avx512_amx is avx512_vnni plus Intel AMX tiles (int8 TDPBSSD), used by
-// the large-M W8A8 product; every other kernel runs its avx512_vnni code there.
+// one machine. avx512_amx is avx512_vnni plus Intel AMX tiles (AMX-INT8 and AMX-BF16),
+// used by the W8A8 product and by W8A16 / W4A16 with bfloat16 activations beyond a few
+// rows; every other kernel runs its avx512_vnni code there.
 #pragma once
 
 namespace myq {
@@ -26,6 +27,6 @@ const char* isa_name(Isa isa);
 #define MYQ_TARGET_AVX512 \
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi,bmi2")))
 #define MYQ_TARGET_AMX                                                                    \
-  __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni," \
+  __attribute__((target("amx-tile,amx-int8,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni," \
                         "avx2,fma,f16c,bmi,bmi2")))
 #define MYQ_TARGET_AVX2 __attribute__((target("avx2,fma,f16c,bmi,bmi2")))

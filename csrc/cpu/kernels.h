@@ -75,6 +75,21 @@ void int8_gemm_amx(const int8_t* qp, const float* rs, int64_t K, const int8_t* w
                    const float* scale, const float* bias, float* y, int64_t ldy, int64_t M,
                    int64_t m0, int64_t m1, int64_t n0, int64_t n1);
 
+// ---- W8A16 / W4A16 with bfloat16 x on AMX (amx_bf16_linear.cpp) --------------------
+// x is packed once (amx_pack_rows with row_bytes = 2K) into B tiles; each thread converts
+// 32 weight rows at a time to bfloat16 A tiles (int8: exact; int4: (q - zero) * scale
+// rounded to bfloat16, as in int4_dequant) and TDPBF16PS accumulates exact products in
+// float32. y[m*ldy + n] for m in [m0, m1) (m0 a multiple of 16), n in [n0, n1) (n0 a
+// multiple of 32): int8: acc * scale[n] + bias[n]; int4: acc + bias[n].
+constexpr int64_t kAmxBf16K = 32;  // K per tile step: K % 32 == 0, int4 group_size % 32 == 0
+void int8_linear_amx_bf16(const c10::BFloat16* xp, int64_t K, const int8_t* w,
+                          const float* scale, const float* bias, float* y, int64_t ldy,
+                          int64_t M, int64_t N, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
+void int4_linear_amx_bf16(const c10::BFloat16* xp, int64_t K, const uint8_t* packed,
+                          const float* scales, const float* zeros, int64_t group_size,
+                          const float* bias, float* y, int64_t ldy, int64_t M, int64_t N,
+                          int64_t m0, int64_t m1, int64_t n0, int64_t n1);
+
 // ---- int4 packing (int4_pack.cpp) ----------------------------------------------------
 // out[i] = q[2i] | (q[2i+1] << 4) (mod 256), i < n_out.
 void pack_int4(Isa isa, const uint8_t* q, uint8_t* out, int64_t n_out);

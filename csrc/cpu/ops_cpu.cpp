@@ -8,6 +8,8 @@
 //                             M >  kSmallM: per thread, dequantize kTileN weight rows into a
 //                             float32 tile (bfloat16 when x is bfloat16) and multiply it
 //                             with at::cpu::mm (MKL / oneDNN) into the output block.
+//   with bfloat16 x on AMX    M >= kAmxMinM: AMX-BF16 tiles, weights converted to bf16 per
+//                             thread 32 rows at a time (amx_bf16_linear.cpp).
 //   int8_linear_dynamic       quantize x once, then the int8 microkernel over a grid of
 //                             (M block, N block) tasks: AMX tiles (avx512_amx, M >= kAmxMinM,
 //                             K % 64 == 0), else the VNNI / AVX2 / scalar dot kernel (threads
@@ -24,6 +26,7 @@
 #include <string>
 #include <vector>
 
+#include "amx.h"
 #include "isa.h"
 #include "kernels.h"
 
@@ -46,8 +49,11 @@ constexpr int64_t kTileM = 256;
 // int8_linear_dynamic: task sizes of the (M, N) grid.
 constexpr int64_t kDynTileN = 64;
 constexpr int64_t kDynTileM = 128;
-// int8_linear_dynamic on AMX: rows of x from which the AMX tiles beat the VNNI kernel.
+// AMX (int8 for W8A8, bf16 for W8A16 / W4A16 with bfloat16 x): rows of x from which the
+// AMX tiles beat the AVX-512 kernels; output columns per AMX task.
 constexpr int64_t kAmxMinM = 5;
+constexpr int64_t kAmxMinMInt4 = 8;  // the int4 AVX-512 gemv holds out longer
+constexpr int64_t kAmxTileN = 64;
 // Column blocks handed to threads in the gemv paths (a multiple of the kernels' 4 rows).
 constexpr int64_t kColBlock = 16;
 // Below this many multiply-adds per thread, run on one thread.
@@ -191,6 +197,37 @@ void tiled_mm(const at::Tensor& xt, int64_t N, const Dequant& dequant, const flo
   });
 }
 
+// AMX-BF16 path (bfloat16 x): packs x into B tiles, then fn(xp, m0, m1, n0, n1) over a
+// grid of (kAmxTileN columns, kTileM rows) tasks.
+template <typename Fn>
+void amx_bf16_grid(const at::Tensor& x2, int64_t N, const Fn& fn) {
+  const int64_t M = x2.size(0), K = x2.size(1);
+  const at::Tensor xc = x2.contiguous();
+  const int64_t mtiles = (M + kAmxTile - 1) / kAmxTile;
+  at::Tensor xp = at::empty({mtiles * kAmxTile, K}, xc.options());
+  const void* src = xc.const_data_ptr();
+  void* dst = xp.mutable_data_ptr();
+  at::parallel_for(0, mtiles, 1, [&](int64_t b0, int64_t b1) {
+    amx_pack_rows(src, 2 * K, M, dst, b0, b1);
+  });
+  const c10::BFloat16* xpp = xp.const_data_ptr<c10::BFloat16>();
+  const int64_t nblocks = (N + kAmxTileN - 1) / kAmxTileN;
+  const int64_t mblocks = (M + kTileM - 1) / kTileM;
+  at::parallel_for(0, nblocks * mblocks, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t nb = t / mblocks, mb = t % mblocks;
+      const int64_t n0 = nb * kAmxTileN, n1 = std::min(N, n0 + kAmxTileN);
+      const int64_t m0 = mb * kTileM, m1 = std::min(M, m0 + kTileM);
+      fn(xpp, m0, m1, n0, n1);
+    }
+  });
+}
+
+bool use_amx_bf16(Isa isa, const at::Tensor& x, int64_t M, int64_t K, int64_t min_m) {
+  return isa == Isa::Avx512Amx && x.scalar_type() == at::kBFloat16 && M >= min_m &&
+         K % kAmxBf16K == 0;
+}
+
 // ---------------------------------------------------------------- ops
 at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& weight,
                            const at::Tensor& scale, const std::optional<at::Tensor>& bias) {
@@ -216,7 +253,12 @@ at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& weight,
   const float* bp = ptr_or_null<float>(b);
   float* yp = y.mutable_data_ptr<float>();
   const int8_t* wp = w.const_data_ptr<int8_t>();
-  if (rows <= small_m_limit(x)) {
+  if (use_amx_bf16(isa, x, rows, K, kAmxMinM)) {
+    amx_bf16_grid(x2, N, [&](const c10::BFloat16* xp, int64_t m0, int64_t m1, int64_t n0,
+                             int64_t n1) {
+      int8_linear_amx_bf16(xp, K, wp, sp, bp, yp, N, rows, N, m0, m1, n0, n1);
+    });
+  } else if (rows <= small_m_limit(x)) {
     const at::Tensor xf = x2.to(at::kFloat).contiguous();
     const float* xp = xf.const_data_ptr<float>();
     parallel_cols(N, rows * K, [&](int64_t n0, int64_t n1) {
@@ -348,7 +390,12 @@ at::Tensor int4_linear_cpu(const at::Tensor& x, const at::Tensor& packed,
   const float* bp = ptr_or_null<float>(b);
   float* yp = y.mutable_data_ptr<float>();
   const at::Tensor x2 = x.reshape({M, K});
-  if (M <= small_m_limit(x) && int4_gemv_supported(group_size)) {
+  if (use_amx_bf16(isa, x, M, K, kAmxMinMInt4) && group_size % kAmxBf16K == 0) {
+    amx_bf16_grid(x2, N, [&](const c10::BFloat16* xp, int64_t m0, int64_t m1, int64_t n0,
+                             int64_t n1) {
+      int4_linear_amx_bf16(xp, K, pp, sp, zp, group_size, bp, yp, N, M, N, m0, m1, n0, n1);
+    });
+  } else if (M <= small_m_limit(x) && int4_gemv_supported(group_size)) {
     const at::Tensor xf = x2.to(at::kFloat).contiguous();
     at::Tensor xp = at::empty({M, K}, xf.options());
     at::Tensor xsum = at::empty({M, G}, xf.options());

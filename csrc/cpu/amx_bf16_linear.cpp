@@ -1,0 +1,248 @@
+// W8A16 / W4A16 with bfloat16 activations on Intel AMX (AMX-BF16).
+//
+// C[n, m] = sum_k A[n, k] * B[k, m]: A = 32 weight rows converted to bfloat16 once per task
+// into a per-thread row-major buffer (tiles load it with a row stride), B = x packed into the
+// VNNI pair layout (amx_pack_rows), C = 2x2 float32 tiles (32 rows of W x 32 rows of x).
+// bf16 x bf16 products are exact and TDPBF16PS sums them in float32, so int8 weights give
+// float32-accurate results (no bf16 rounding of the product, unlike a bf16 GEMM); the
+// scale and bias are applied in float32 in the epilogue.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "amx.h"
+#include "kernels.h"
+
+namespace myq {
+namespace {
+
+constexpr int64_t kPair = 2 * kAmxTile;  // weight rows converted per step
+constexpr int kTileElems = 16 * 32;      // bf16 elements in one 16 x 32 tile
+
+// float -> bfloat16 bits, round to nearest even (finite values), 16 lanes.
+MYQ_TARGET_AMX inline __m256i bf16_bits(__m512 f) {
+  __m512i bits = _mm512_castps_si512(f);
+  __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  bits = _mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF)));
+  return _mm512_cvtepi32_epi16(_mm512_srli_epi32(bits, 16));
+}
+
+// Converters: a[rr * lda + (k - k0)] = bf16 weight [n0 + rr, k] for rr < 32, k in [k0, k1)
+// (multiples of 32); rows >= N are zero.
+struct Int8Rows {
+  const int8_t* w;
+  int64_t K, N;
+  MYQ_TARGET_AMX void operator()(int64_t n0, int64_t k0, int64_t k1, uint16_t* a,
+                                 int64_t lda) const {
+    const __m512i odd_words = _mm512_set_epi16(
+        63, 61, 59, 57, 55, 53, 51, 49, 47, 45, 43, 41, 39, 37, 35, 33,
+        31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+    for (int64_t rr = 0; rr < kPair; ++rr) {
+      const int64_t n = n0 + rr;
+      uint16_t* dst = a + rr * lda - k0;
+      if (n >= N) {
+        std::memset(dst + k0, 0, (k1 - k0) * sizeof(uint16_t));
+        continue;
+      }
+      const int8_t* src = w + n * K;
+      for (int64_t k = k0; k < k1; k += kAmxBf16K) {
+        const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + k));
+        // |w| <= 128 is exact in bf16: the high halves of the floats, gathered by vpermt2w.
+        const __m512 f0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(b)));
+        const __m512 f1 =
+            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(b, 1)));
+        _mm512_storeu_si512(dst + k, _mm512_permutex2var_epi16(_mm512_castps_si512(f0), odd_words,
+                                                               _mm512_castps_si512(f1)));
+      }
+    }
+  }
+};
+
+// int4 (group_size % 32 == 0): per group a 16-entry table (q - zero) * scale, rounded to
+// bf16 (as int4_dequant), looked up with vpermw.
+struct Int4Rows {
+  const uint8_t* packed;
+  const float* scales;
+  const float* zeros;
+  int64_t gs, K, N;
+  MYQ_TARGET_AMX void operator()(int64_t n0, int64_t k0, int64_t k1, uint16_t* a,
+                                 int64_t lda) const {
+    const __m512 iota = _mm512_set_ps(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    // lo = q[0, 2, ..., 30], hi = q[1, 3, ..., 31] (words 0..15 of each) -> natural order
+    const __m512i widx = _mm512_set_epi16(
+        47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8,
+        39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+    const int64_t G = K / gs;
+    for (int64_t rr = 0; rr < kPair; ++rr) {
+      const int64_t n = n0 + rr;
+      uint16_t* dst = a + rr * lda - k0;
+      if (n >= N) {
+        std::memset(dst + k0, 0, (k1 - k0) * sizeof(uint16_t));
+        continue;
+      }
+      const uint8_t* src = packed + n * (K / 2);
+      for (int64_t g = k0 / gs; g * gs < k1; ++g) {
+        const float z = zeros ? zeros[n * G + g] : 8.f;
+        const __m512 tab = _mm512_mul_ps(_mm512_sub_ps(iota, _mm512_set1_ps(z)),
+                                         _mm512_set1_ps(scales[n * G + g]));
+        const __m256i t16 = bf16_bits(tab);
+        const __m512i wtab = _mm512_inserti64x4(_mm512_castsi256_si512(t16), t16, 1);
+        const int64_t ke = std::min(k1, (g + 1) * gs);
+        for (int64_t k = std::max(k0, g * gs); k < ke; k += kAmxBf16K) {
+          // 16 bytes = 32 weights; vpermw reads 5 index bits and the table repeats.
+          const __m512i v = _mm512_cvtepu8_epi16(_mm256_castsi128_si256(
+              _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + k / 2))));
+          const __m512i lo = _mm512_permutexvar_epi16(v, wtab);
+          const __m512i hi = _mm512_permutexvar_epi16(_mm512_srli_epi16(v, 4), wtab);
+          _mm512_storeu_si512(dst + k, _mm512_permutex2var_epi16(lo, widx, hi));
+        }
+      }
+    }
+  }
+};
+
+// Product tiles: 0 = (rows 0-15 of A, x block 0), 1 = (0-15, block 1), 2 = (16-31, 0),
+// 3 = (16-31, 1); A tiles 4, 5; x tiles 6, 7.
+template <int MT>
+MYQ_TARGET_AMX void tiles_zero() {
+  _tile_zero(0);
+  _tile_zero(2);
+  if constexpr (MT > 1) {
+    _tile_zero(1);
+    _tile_zero(3);
+  }
+}
+
+// steps k-steps of 32: A rows at a (row stride lda elements), x blocks at xb, xb + xblock.
+template <int MT>
+MYQ_TARGET_AMX void tiles_steps(const uint16_t* a, int64_t lda, const uint16_t* xb,
+                                int64_t xblock, int64_t steps) {
+  for (int64_t s = 0; s < steps; ++s) {
+    _tile_loadd(4, a + s * kAmxBf16K, lda * 2);
+    _tile_loadd(5, a + 16 * lda + s * kAmxBf16K, lda * 2);
+    _tile_loadd(6, xb + s * kTileElems, 64);
+    if constexpr (MT > 1) _tile_loadd(7, xb + xblock + s * kTileElems, 64);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(2, 5, 6);
+    if constexpr (MT > 1) {
+      _tile_dpbf16ps(1, 4, 7);
+      _tile_dpbf16ps(3, 5, 7);
+    }
+  }
+}
+
+// c[(tn * MT + tm) * 256 + n * 16 + m]
+template <int MT>
+MYQ_TARGET_AMX void tiles_store(float* c) {
+  _tile_stored(0, c, 64);
+  _tile_stored(2, c + 256 * MT, 64);
+  if constexpr (MT > 1) {
+    _tile_stored(1, c + 256, 64);
+    _tile_stored(3, c + 256 * 3, 64);
+  }
+}
+
+template <int MT>
+void tiles_run(const uint16_t* a, int64_t lda, const uint16_t* xb, int64_t xblock,
+               int64_t steps, bool zero, bool store, float* c) {
+  if (zero) tiles_zero<MT>();
+  tiles_steps<MT>(a, lda, xb, xblock, steps);
+  if (store) tiles_store<MT>(c);
+}
+
+uint16_t* a_buffer(size_t elems) {
+  thread_local std::vector<uint16_t> buf;
+  if (buf.size() < elems) buf.resize(elems);
+  return buf.data();
+}
+
+// y[m, n] = c * scale[n] + bias[n] for the valid rows / columns of an n-pair x m-pair.
+void epilogue(const float* c, int mt, int64_t n, int64_t m, int64_t mlim, int64_t nlim,
+              const float* scale, const float* bias, float* y, int64_t ldy) {
+  for (int tn = 0; tn < 2; ++tn)
+    for (int tm = 0; tm < mt; ++tm) {
+      const float* ct = c + (tn * mt + tm) * 256;
+      for (int i = 0; i < kAmxTile; ++i) {
+        const int64_t row = m + tm * kAmxTile + i;
+        if (row >= mlim) break;
+        float* yr = y + row * ldy;
+        for (int j = 0; j < kAmxTile; ++j) {
+          const int64_t col = n + tn * kAmxTile + j;
+          if (col >= nlim) break;
+          float v = ct[j * kAmxTile + i];  // plain code: no FMA contraction
+          if (scale) v = v * scale[col];
+          if (bias) v = v + bias[col];
+          yr[col] = v;
+        }
+      }
+    }
+}
+
+// K chunk of the streaming mode (<= 2 x 16 rows of x): A stays in L1.
+constexpr int64_t kChunkK = 256;
+
+template <typename Convert>
+void run(const c10::BFloat16* xp, int64_t K, const Convert& convert, const float* scale,
+         const float* bias, float* y, int64_t ldy, int64_t M, int64_t N, int64_t m0,
+         int64_t m1, int64_t n0, int64_t n1) {
+  const uint16_t* x16 = reinterpret_cast<const uint16_t*>(xp);
+  const int64_t xblock = K * kAmxTile;  // bf16 elements of one packed 16-row block of x
+  const int64_t mlim = std::min(m1, M), nlim = std::min(n1, N);
+  alignas(64) float c[4 * 256];
+  amx_begin();
+  if (m1 - m0 <= kPair) {
+    // One pass over x: convert and multiply K chunk by K chunk, the products staying in
+    // the tile registers; the converted chunk (32 x 256 bf16) stays in L1.
+    const int64_t lda = kChunkK + 32;  // + a cache line: tile rows spread over L1 sets
+    uint16_t* a = a_buffer(kPair * lda);
+    const int mt = m0 + kAmxTile < m1 ? 2 : 1;
+    const uint16_t* xb = x16 + (m0 / kAmxTile) * xblock;
+    for (int64_t n = n0; n < n1; n += kPair) {
+      for (int64_t k0 = 0; k0 < K; k0 += kChunkK) {
+        const int64_t k1 = std::min(K, k0 + kChunkK);
+        convert(n, k0, k1, a, lda);
+        const bool first = k0 == 0, last = k1 == K;
+        const int64_t steps = (k1 - k0) / kAmxBf16K;
+        const uint16_t* xs = xb + (k0 / kAmxBf16K) * kTileElems;
+        if (mt == 2) tiles_run<2>(a, lda, xs, xblock, steps, first, last, c);
+        else tiles_run<1>(a, lda, xs, xblock, steps, first, last, c);
+      }
+      epilogue(c, mt, n, m0, mlim, nlim, scale, bias, y, ldy);
+    }
+  } else {
+    // Convert 32 full weight rows once (into L2), then sweep the rows of x over them.
+    const int64_t lda = K + 32;
+    uint16_t* a = a_buffer(kPair * lda);
+    for (int64_t n = n0; n < n1; n += kPair) {
+      convert(n, 0, K, a, lda);
+      for (int64_t m = m0; m < m1; m += kPair) {
+        const int mt = m + kAmxTile < m1 ? 2 : 1;
+        const uint16_t* xb = x16 + (m / kAmxTile) * xblock;
+        if (mt == 2) tiles_run<2>(a, lda, xb, xblock, K / kAmxBf16K, true, true, c);
+        else tiles_run<1>(a, lda, xb, xblock, K / kAmxBf16K, true, true, c);
+        epilogue(c, mt, n, m, mlim, nlim, scale, bias, y, ldy);
+      }
+    }
+  }
+  amx_end();
+}
+
+}  // namespace
+
+void int8_linear_amx_bf16(const c10::BFloat16* xp, int64_t K, const int8_t* w,
+                          const float* scale, const float* bias, float* y, int64_t ldy,
+                          int64_t M, int64_t N, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  run(xp, K, Int8Rows{w, K, N}, scale, bias, y, ldy, M, N, m0, m1, n0, n1);
+}
+
+void int4_linear_amx_bf16(const c10::BFloat16* xp, int64_t K, const uint8_t* packed,
+                          const float* scales, const float* zeros, int64_t group_size,
+                          const float* bias, float* y, int64_t ldy, int64_t M, int64_t N,
+                          int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  run(xp, K, Int4Rows{packed, scales, zeros, group_size, K, N}, nullptr, bias, y, ldy, M, N,
+      m0, m1, n0, n1);
+}
+
+}  // namespace myq
