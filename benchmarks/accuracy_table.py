@@ -75,7 +75,7 @@ def build(method, base, calib, stats, args):
     if method == "w4a16_g128_rtn":
         return quantize_model(model, "w4a16", **g4, **common)
     if method == "w4a16_g128_gptq":
-        return gptq_quantize_model(model, calib, "w4a16", act_order=True, exclude=("lm_head",),
+        return gptq_quantize_model(model, calib, "w4a16", act_order=bool(args.act_order), exclude=("lm_head",),
                                    progress=args.progress, **g4)
     raise ValueError(method)
 
@@ -226,6 +226,7 @@ def main(argv=None):
     p.add_argument("--calib-len", type=int, default=256, help="tokens per calibration sequence")
     p.add_argument("--sentences", type=int, default=64, help="MiniLM eval sentences")
     p.add_argument("--alpha", type=float, default=0.5, help="SmoothQuant migration strength")
+    p.add_argument("--act-order", type=int, choices=(0, 1), default=1, help="GPTQ act-order (default: 1)")
     p.add_argument("--eval-articles", type=int, default=30, help="last N Wikipedia articles held out for eval")
     p.add_argument("--skip-minilm", action="store_true")
     p.add_argument("--skip-smollm2", action="store_true")
