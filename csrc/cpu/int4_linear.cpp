@@ -19,6 +19,7 @@ namespace {
 
 constexpr int kNR = 4;
 constexpr float kSymmetricZero = 8.f;
+constexpr int kPrefetch = 512;  // bytes ahead in each packed row (software prefetch)
 
 inline float zero_at(const float* zeros, int64_t i) {
   return zeros ? zeros[i] : kSymmetricZero;
@@ -80,6 +81,9 @@ MYQ_TARGET_AVX512 void block_avx512(const float* xp, int64_t K, int64_t gs,
       tab[j] = _mm512_mul_ps(_mm512_sub_ps(iota, z), _mm512_set1_ps(sr[j][g]));
     }
     for (int64_t k = g * gs; k < (g + 1) * gs; k += kInt4Chunk) {
+      if ((k & 127) == 0)  // one line (128 weights) of each row: keep DRAM reads in flight
+        for (int j = 0; j < kNR; ++j)
+          _mm_prefetch(reinterpret_cast<const char*>(pr[j] + k / 2) + kPrefetch, _MM_HINT_T0);
       __m512 lo[kNR], hi[kNR];
       for (int j = 0; j < kNR; ++j) {
         // 16 lanes, one packed byte each: vpermps reads the low 4 bits of the index.

@@ -23,6 +23,7 @@ namespace myq {
 namespace {
 
 constexpr int kNR = 4;
+constexpr int kPrefetch = 1024;  // bytes ahead in each weight row (software prefetch)
 
 // ---------------------------------------------------------------- quantization
 void quantize_row_scalar(const float* x, int64_t K, int8_t* q, int64_t ldq, float* rs,
@@ -92,6 +93,7 @@ MYQ_TARGET_AVX512 void block_vnni(const int8_t* q, int64_t ldq, const int32_t* q
     __m512i qv[MR];
     for (int i = 0; i < MR; ++i) qv[i] = _mm512_loadu_si512(q + i * ldq + k);
     for (int j = 0; j < kNR; ++j) {
+      _mm_prefetch(reinterpret_cast<const char*>(wr[j] + k) + kPrefetch, _MM_HINT_T0);
       const __m512i wv = _mm512_xor_si512(_mm512_loadu_si512(wr[j] + k), flip);
       for (int i = 0; i < MR; ++i) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], wv, qv[i]);
     }
