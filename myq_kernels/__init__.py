@@ -11,10 +11,11 @@ from .ops import (
 )
 from .primitives import absmax_quantize, dequantize, quantize_int4_weight, zeropoint_quantize
 
-__version__ = "0.1.0"
 from .model import get_memory_footprint, module_sizes, quantize_model
 from .nn import SCHEMES, QuantizedLinear
 from ._hf_hook import install as _install_hf_hook
+
+__version__ = "0.1.0"
 
 _install_hf_hook()  # registers quant_method "myq" with transformers, now or when it is imported
 

@@ -31,6 +31,11 @@ MEMORY_BOUND_MAX_M = 16
 GROUP = 128
 
 
+def group_size(k):
+    """GROUP, or the largest of 64 / 32 that divides K (e.g. K = 576)."""
+    return next(g for g in (GROUP, 64, 32, k) if k % g == 0)
+
+
 @dataclass
 class Limits:
     read_gb_s: float        # streaming read bandwidth, GB/s
@@ -54,10 +59,13 @@ class Row:
     vs: dict = field(default_factory=dict)  # baseline name -> speed-up (baseline time / ours)
 
 
-def _timeit(fn, copies, min_seconds, min_calls=5):
-    """Median seconds per call, cycling through `copies` (argument tuples) call by call."""
-    for args in copies[:2]:
-        fn(*args)
+def _timeit(fn, copies, min_seconds, min_calls=3, max_seconds=3.0):
+    """Median seconds per call, cycling through `copies` (argument tuples) call by call.
+
+    Runs at least `min_calls` calls and `min_seconds`, but stops after `max_seconds` so that a
+    very slow baseline (e.g. a dtype torch has no fast kernel for) does not dominate the run.
+    """
+    fn(*copies[0])  # warm-up
     times, start, i = [], time.perf_counter(), 0
     while i < min_calls or time.perf_counter() - start < min_seconds:
         args = copies[i % len(copies)]
@@ -65,7 +73,7 @@ def _timeit(fn, copies, min_seconds, min_calls=5):
         fn(*args)
         times.append(time.perf_counter() - t0)
         i += 1
-        if i >= 2000:
+        if i >= 2000 or time.perf_counter() - start > max_seconds:
             break
     return statistics.median(times)
 
@@ -115,12 +123,12 @@ class Weights:
         if kind == "int8":
             return primitives.absmax_quantize(w, 8, "channel")
         if kind == "int4":
-            return primitives.quantize_int4_weight(w, GROUP, symmetric=False)
+            return primitives.quantize_int4_weight(w, group_size(self.k), symmetric=False)
         if kind == "torch_int8pack":  # torch._weight_int8pack_mm: int8 [N, K], bf16 scales
             q, s = primitives.absmax_quantize(w, 8, "channel")
             return q, s.bfloat16()
         if kind == "torch_int4pack":  # torch._weight_int4pack_mm_for_cpu, group 128
-            q, s, z = primitives.zeropoint_quantize(w, 4, GROUP)
+            q, s, z = primitives.zeropoint_quantize(w, 4, group_size(self.k))
             packed = torch._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 1)
             # torch's int4 format: w = (q - 8) * scale + zero_term, per [group, N]
             zero_term = (8 - z) * s
@@ -146,14 +154,14 @@ def _torch_w8a8(x, w, s):
 # op name -> (weight kind, function(x, *weights))
 OURS = {
     "int8_linear": ("int8", lambda x, q, s: ops.int8_linear(x, q, s)),
-    "int4_linear": ("int4", lambda x, p, s, z: ops.int4_linear(x, p, s, z, GROUP)),
+    "int4_linear": ("int4", lambda x, p, s, z: ops.int4_linear(x, p, s, z, group_size(x.shape[-1]))),
     "int8_linear_dynamic": ("int8", lambda x, q, s: ops.int8_linear_dynamic(x, q, s)),
 }
 TORCH_QUANTIZED = {
     "int8_linear": ("torch_int8pack", "torch._weight_int8pack_mm",
                     lambda x, q, s: torch._weight_int8pack_mm(x, q, s.to(x.dtype))),
     "int4_linear": ("torch_int4pack", "torch._weight_int4pack_mm",
-                    lambda x, p, sz: torch._weight_int4pack_mm_for_cpu(x, p, GROUP, sz.to(x.dtype))),
+                    lambda x, p, sz: torch._weight_int4pack_mm_for_cpu(x, p, group_size(x.shape[-1]), sz.to(x.dtype))),
     "int8_linear_dynamic": ("int8", "torch W8A8 (_int_mm)", _torch_w8a8),
 }
 
@@ -256,7 +264,10 @@ def run(args):
         shapes = [(SQUARE, (1, 8, 128, 512))]
     else:
         shapes = [(SQUARE, M_VALUES)] + [(s, OTHER_M) for s in OTHER_SHAPES]
-    dtypes = ("fp32", "bf16") if args.quick or smoke else ("fp32", "bf16", "fp16")
+    if args.shapes:
+        wanted = {tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")}
+        shapes = [(s, m) for s, m in shapes if s in wanted]
+    dtypes = ("fp32", "bf16") if args.quick or smoke else tuple(args.dtypes.split(","))
     rows, scaling = [], []
     for (n, k), m_values in shapes:
         weights = Weights(n, k, cold_bytes)
@@ -296,6 +307,8 @@ def add_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--out", default="bench_out", help="folder for bench.json / bench.txt / bench.png")
     parser.add_argument("--quick", action="store_true", help="4096x4096 only, M in 1/8/128/512, fp32/bf16")
     parser.add_argument("--smoke", action="store_true", help="one small shape, seconds (CI)")
+    parser.add_argument("--shapes", default="", help="only these N x K shapes, e.g. 4096x4096,1536x576")
+    parser.add_argument("--dtypes", default="fp32,bf16,fp16", help="activation dtypes, comma-separated")
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--min-seconds", type=float, default=0.25, help="time spent per measurement")
     parser.add_argument("--cold-mib", type=int, default=1024, help="weight copies cycled for cold runs (MiB)")

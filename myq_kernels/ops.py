@@ -32,7 +32,7 @@ for _schema in SCHEMAS.values():
     _lib.define(_schema)
 
 # Composite ops: built from the ops above (no backend kernel of their own), declared the same
-# way (schema, fake, reference as the default kernel) so they work under opcheck / torch.compile.
+# way (schema, fake, default kernel) so they work under opcheck / torch.compile.
 COMPOSITE_SCHEMAS = {
     "llm_int8_linear": "llm_int8_linear(Tensor x, Tensor weight, Tensor scale, Tensor? bias=None, "
                        "float threshold=6.0) -> Tensor",
@@ -79,8 +79,14 @@ def _(packed):
 
 # ---- default implementation: the reference, for any device without a kernel ----------
 
-for _name in (*SCHEMAS, *COMPOSITE_SCHEMAS):
+for _name in SCHEMAS:
     torch.library.register_kernel(f"myq::{_name}", "default", getattr(reference, _name))
+
+
+@torch.library.register_kernel("myq::llm_int8_linear", "default")
+def _(x, weight, scale, bias=None, threshold=6.0):
+    # the int8 part goes through the registered int8_linear_dynamic kernel of x's device
+    return reference.llm_int8_decomposed(x, weight, scale, bias, threshold, torch.ops.myq.int8_linear_dynamic)
 
 
 # ---- Triton as the CUDA kernel when the extension has none ----------------------------
@@ -299,11 +305,9 @@ def llm_int8_linear(x, weight, scale, bias=None, threshold=6.0):
     threshold = float(threshold)
     if not threshold >= 0:  # also rejects NaN
         raise ValueError(f"threshold must be >= 0 (the outlier magnitude), got {threshold}")
-    if torch.compiler.is_compiling() or extension_has_kernel("llm_int8_linear", x.device.type):
+    if torch.compiler.is_compiling():  # the outlier split is data-dependent: keep it one opaque op
         return torch.ops.myq.llm_int8_linear(x, weight, scale, bias, threshold)
-    if forced_backend() == "torch":
-        return reference.llm_int8_linear(x, weight, scale, bias, threshold)
-    # The int8 part runs on the best backend for int8_linear_dynamic (compiled kernel if built).
+    # The int8 part runs on the backend chosen for int8_linear_dynamic.
     return reference.llm_int8_decomposed(
         x, weight, scale, bias, threshold,
         lambda xi, w, s, b: _call("int8_linear_dynamic", xi.device, xi, w, s, b))

@@ -21,10 +21,11 @@ def _samples():
                         (x.bfloat16(), packed, scales, zeros, 20, None)],
         "pack_int4": [(q,), (q[:1],)],
         "unpack_int4": [(packed,)],
+        "llm_int8_linear": [(x * 4, weight, scale, bias, 6.0), (x[0].bfloat16() * 4, weight, scale, None, 3.0)],
     }
 
 
-@pytest.mark.parametrize("op", list(myq_kernels.ops.SCHEMAS))
+@pytest.mark.parametrize("op", [*myq_kernels.ops.SCHEMAS, *myq_kernels.ops.COMPOSITE_SCHEMAS])
 def test_opcheck(op):
     for args in _samples()[op]:
         torch.library.opcheck(getattr(torch.ops.myq, op).default, args)
@@ -39,6 +40,7 @@ def test_ops_compile_without_graph_breaks(backend, monkeypatch):
     def layer(x):
         y = myq_kernels.int8_linear(x, weight, scale)
         y = y + myq_kernels.int8_linear_dynamic(x, weight, scale)
+        y = y + myq_kernels.llm_int8_linear(x, weight, scale)
         return y + myq_kernels.int4_linear(x, packed, scales, zeros, 20)
 
     torch._dynamo.reset()
