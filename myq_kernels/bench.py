@@ -232,7 +232,8 @@ def plot(rows, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(8, 5))
-    square = [r for r in rows if (r.n, r.k) == SQUARE and r.weights == "cold"]
+    shape = SQUARE if any((r.n, r.k) == SQUARE for r in rows) else (rows[0].n, rows[0].k)
+    square = [r for r in rows if (r.n, r.k) == shape and r.weights == "cold"]
     for op, dtype in sorted({(r.op, r.dtype) for r in square}):
         pts = sorted((r.m, r.vs.get("F.linear fp32")) for r in square if (r.op, r.dtype) == (op, dtype))
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{op} ({dtype} x)")
@@ -240,7 +241,8 @@ def plot(rows, path):
     ax.set_xscale("log", base=2)
     ax.set_xlabel("M (tokens per call)")
     ax.set_ylabel("speed-up over F.linear fp32")
-    ax.set_title(f"myq_kernels on CPU, N = K = 4096, cold weights, {torch.get_num_threads()} threads")
+    ax.set_title(f"myq_kernels on CPU, N x K = {shape[0]} x {shape[1]}, cold weights, "
+                 f"{torch.get_num_threads()} threads")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
