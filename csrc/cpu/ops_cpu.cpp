@@ -223,6 +223,19 @@ void amx_bf16_grid(const at::Tensor& x2, int64_t N, const Fn& fn) {
   });
 }
 
+// int8 weight [N, K] whose K matches x's last dimension.
+void check_int8_weight(const at::Tensor& weight, const at::Tensor& x,
+                                              const char* op) {
+  check_cpu(weight, op, "weight");
+  TORCH_CHECK(weight.scalar_type() == at::kChar, "myq::", op, ": weight must be int8, got ",
+              weight.scalar_type());
+  TORCH_CHECK(weight.dim() == 2, "myq::", op, ": weight must be 2-D [N, K], got ",
+              weight.sizes());
+  const int64_t N = weight.size(0), K = weight.size(1);
+  TORCH_CHECK(x.size(-1) == K, "myq::", op, ": x.shape[-1] (", x.size(-1),
+              ") must equal weight.shape[1] (K=", K, ")");
+}
+
 bool use_amx_bf16(Isa isa, const at::Tensor& x, int64_t M, int64_t K, int64_t min_m) {
   return isa == Isa::Avx512Amx && x.scalar_type() == at::kBFloat16 && M >= min_m &&
          K % kAmxBf16K == 0;
@@ -233,14 +246,8 @@ at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& weight,
                            const at::Tensor& scale, const std::optional<at::Tensor>& bias) {
   constexpr const char* op = "int8_linear";
   check_x(x, op);
-  check_cpu(weight, op, "weight");
-  TORCH_CHECK(weight.scalar_type() == at::kChar, "myq::int8_linear: weight must be int8, got ",
-              weight.scalar_type());
-  TORCH_CHECK(weight.dim() == 2, "myq::int8_linear: weight must be 2-D [N, K], got ",
-              weight.sizes());
+  check_int8_weight(weight, x, op);
   const int64_t N = weight.size(0), K = weight.size(1);
-  TORCH_CHECK(x.size(-1) == K, "myq::int8_linear: x.shape[-1] (", x.size(-1),
-              ") must equal weight.shape[1] (K=", K, ")");
   at::Tensor s = float_vector(scale, N, op, "scale");
   at::Tensor b = float_vector(bias, N, op, "bias");
   const int64_t rows = c10::multiply_integers(x.sizes().begin(), x.sizes().end() - 1);
@@ -283,14 +290,8 @@ at::Tensor int8_linear_dynamic_cpu(const at::Tensor& x, const at::Tensor& weight
                                    const std::optional<at::Tensor>& bias) {
   constexpr const char* op = "int8_linear_dynamic";
   check_x(x, op);
-  check_cpu(weight, op, "weight");
-  TORCH_CHECK(weight.scalar_type() == at::kChar,
-              "myq::int8_linear_dynamic: weight must be int8, got ", weight.scalar_type());
-  TORCH_CHECK(weight.dim() == 2, "myq::int8_linear_dynamic: weight must be 2-D [N, K], got ",
-              weight.sizes());
+  check_int8_weight(weight, x, op);
   const int64_t N = weight.size(0), K = weight.size(1);
-  TORCH_CHECK(x.size(-1) == K, "myq::int8_linear_dynamic: x.shape[-1] (", x.size(-1),
-              ") must equal weight.shape[1] (K=", K, ")");
   at::Tensor s = float_vector(scale, N, op, "scale");
   at::Tensor b = float_vector(bias, N, op, "bias");
   const int64_t M = c10::multiply_integers(x.sizes().begin(), x.sizes().end() - 1);
