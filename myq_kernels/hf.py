@@ -9,6 +9,9 @@
 - Loading a saved checkpoint: `AutoModelForCausalLM.from_pretrained(dir)` (after
   `import myq_kernels`) builds QuantizedLinear skeletons from `modules` before the weights
   load, and the checkpoint fills their buffers: outputs match the saved model bit for bit.
+- Calibration transforms that change the architecture (outlier shift: a bias on LlamaRMSNorm
+  and on linears that had none; explicit SmoothQuant / shift input transforms) are recorded in
+  `transforms` (see `myq_kernels.model.transform_layout`) and rebuilt on the stock model first.
 - Quantize while loading: `from_pretrained(fp32_dir, quantization_config=MyqConfig(...))`
   loads the float weights, then quantizes with `quantize_model`.
 
@@ -71,8 +74,8 @@ from transformers.quantizers.auto import (  # noqa: E402
 from transformers.quantizers.base import HfQuantizer  # noqa: E402
 from transformers.utils.quantization_config import QuantizationConfigMixin  # noqa: E402
 
-from .model import plan_quantization, quantize_model, quantized_layout  # noqa: E402
-from .nn import DEFAULT_GROUP_SIZE, QuantizedLinear, check_scheme, linear_dims  # noqa: E402
+from .model import plan_quantization, quantize_model, quantized_layout, transform_layout  # noqa: E402
+from .nn import DEFAULT_GROUP_SIZE, QuantizedLinear, check_scheme, check_threshold, linear_dims  # noqa: E402
 
 QUANT_METHOD = "myq"
 
@@ -85,12 +88,17 @@ class MyqConfig(QuantizationConfigMixin):
                 even divisor below it, e.g. 96 for in_features=576)
     symmetric   int4 without zero points (default False: asymmetric)
     exclude     module names / fnmatch patterns left in float (default ["lm_head"])
-    modules     filled in when a model is quantized: {layer name: {scheme, group_size,
-                symmetric}}; a saved checkpoint is rebuilt from it exactly
+    threshold   llm_int8: the outlier magnitude (default None: 6.0)
+    modules     filled in when a model is quantized: {layer name: QuantizedLinear.config(), i.e.
+                scheme, bias, group_size / symmetric (w4a16), threshold (llm_int8)}; a saved
+                checkpoint is rebuilt from it exactly
+    transforms  filled in when a model was changed by calibration transforms (outlier shift,
+                explicit smoothing): {module name: spec}, see myq_kernels.model.transform_layout
     """
 
     def __init__(self, scheme: str = "w8a16", group_size: int = DEFAULT_GROUP_SIZE, symmetric: bool = None,
-                 exclude=("lm_head",), modules: dict = None, **kwargs):
+                 exclude=("lm_head",), modules: dict = None, threshold: float = None, transforms: dict = None,
+                 **kwargs):
         self.quant_method = QUANT_METHOD
         if scheme != "mixed":
             scheme = check_scheme(scheme).name
@@ -103,10 +111,19 @@ class MyqConfig(QuantizationConfigMixin):
         self.group_size = group_size
         self.symmetric = symmetric
         self.exclude = list(exclude or [])
+        self.threshold = None if threshold is None else check_threshold(threshold)
         self.modules = dict(modules) if modules else None
         if self.modules:
             for name, options in self.modules.items():
+                if not isinstance(options, dict):
+                    raise ValueError(f"modules[{name!r}] must be a dict of layer options, got {options!r}")
                 check_scheme(options.get("scheme"))
+        if transforms is not None and not isinstance(transforms, dict):
+            raise ValueError(f"transforms must be a dict {{module name: spec}}, got {type(transforms).__name__}")
+        for name, spec in (transforms or {}).items():
+            if not isinstance(spec, dict) or not isinstance(spec.get("type"), str):
+                raise ValueError(f"transforms[{name!r}] must be a dict with a 'type', got {spec!r}")
+        self.transforms = dict(transforms) if transforms else None
         kwargs.pop("quant_method", None)
         self.myq_version = kwargs.pop("myq_version", None) or _myq_version()
 
@@ -114,10 +131,13 @@ class MyqConfig(QuantizationConfigMixin):
         """{layer name: options} this config quantizes in `model` (the saved layout if present)."""
         if self.modules:
             return self.modules
+        if self.transforms:
+            return {}  # a transformed model with no quantized layer
         if self.scheme == "mixed":
             raise ValueError("a MyqConfig with scheme='mixed' needs its `modules` layout")
         plan, _ = plan_quantization(model, scheme=self.scheme, exclude=self.exclude,
-                                    group_size=self.group_size, symmetric=self.symmetric)
+                                    group_size=self.group_size, symmetric=self.symmetric,
+                                    threshold=self.threshold)
         return plan
 
 
@@ -146,6 +166,10 @@ class MyqHfQuantizer(HfQuantizer):
     def _process_model_before_weight_loading(self, model, **kwargs):
         if not self.pre_quantized:
             return model  # quantize-while-loading: load float weights, quantize afterwards
+        if self.quantization_config.transforms:
+            # new biases, wrapped norms / linears: before the skeletons (names may run through them)
+            from .algorithms.smoothquant import rebuild_transforms
+            rebuild_transforms(model, self.quantization_config.transforms)
         plan = self.quantization_config.layer_plan(model)
         for name, options in plan.items():
             try:
@@ -154,10 +178,12 @@ class MyqHfQuantizer(HfQuantizer):
                 raise ValueError(f"the checkpoint's quantization_config names layer {name!r}, "
                                  f"which this model does not have") from None
             in_features, out_features, weight = linear_dims(module)
-            bias = getattr(module, "bias", None)
-            q = QuantizedLinear(in_features, out_features, bias=bias is not None, scheme=options["scheme"],
+            bias = options.get("bias")  # recorded since layers may gain one (outlier shift)
+            if bias is None:  # checkpoints written before: the stock layer's
+                bias = getattr(module, "bias", None) is not None
+            q = QuantizedLinear(in_features, out_features, bias=bool(bias), scheme=options["scheme"],
                                 group_size=options.get("group_size"), symmetric=options.get("symmetric"),
-                                device=weight.device, dtype=weight.dtype)
+                                threshold=options.get("threshold"), device=weight.device, dtype=weight.dtype)
             parent_name, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent_name) if parent_name else model, child, q)
         return model
@@ -166,7 +192,7 @@ class MyqHfQuantizer(HfQuantizer):
         if not self.pre_quantized:
             config = self.quantization_config
             quantize_model(model, scheme=config.scheme, exclude=config.exclude, group_size=config.group_size,
-                           symmetric=config.symmetric)
+                           symmetric=config.symmetric, threshold=config.threshold)
             config.modules = quantized_layout(model)
             model.config.quantization_config = config
             model.hf_quantizer = self
@@ -208,11 +234,11 @@ register()
 
 
 def attach_quantization_config(model, scheme="w8a16", exclude=("lm_head",), group_size=DEFAULT_GROUP_SIZE,
-                               symmetric=None):
+                               symmetric=None, threshold=None):
     """Marks a transformers model quantized by `quantize_model` so `save_pretrained` can save it.
 
-    Sets `model.config.quantization_config` (a MyqConfig with the per-layer layout) and
-    `model.hf_quantizer`. A model that was already marked quantized by another method (a
+    Sets `model.config.quantization_config` (a MyqConfig with the per-layer layout and the
+    structural transforms to rebuild) and `model.hf_quantizer`. A model that was already marked quantized by another method (a
     GGUF load) must be cleared first (`clear_quantization(model)`).
     """
     previous = getattr(model, "hf_quantizer", None)
@@ -222,8 +248,8 @@ def attach_quantization_config(model, scheme="w8a16", exclude=("lm_head",), grou
             raise ValueError(f"this model is already marked quantized by {getattr(method, 'value', method)!r}")
         clear_quantization(model)  # a GGUF load leaves float weights and stale marks
     config = MyqConfig(scheme=scheme, group_size=group_size, symmetric=symmetric, exclude=exclude,
-                       modules=quantized_layout(model))
-    if not config.modules:
+                       modules=quantized_layout(model), threshold=threshold, transforms=transform_layout(model))
+    if not config.modules and not config.transforms:
         return model
     model.config.quantization_config = config
     model.hf_quantizer = MyqHfQuantizer(config, pre_quantized=True)

@@ -6,8 +6,8 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from .nn import (DEFAULT_GROUP_SIZE, QuantizedLinear, check_group_size, check_scheme, fit_group_size,
-                 is_conv1d, linear_dims)
+from .nn import (DEFAULT_GROUP_SIZE, QuantizedLinear, check_group_size, check_scheme, check_threshold,
+                 fit_group_size, is_conv1d, linear_dims, scheme_options)
 
 PROGRESS_MIN_LAYERS = 32  # show a tqdm bar (progress=None) from this many layers up
 
@@ -46,10 +46,10 @@ def _normalise_choice(choice, name, defaults):
     if isinstance(choice, str):
         options = dict(defaults, scheme=choice)
     elif isinstance(choice, dict):
-        unknown = set(choice) - {"scheme", "group_size", "symmetric"}
+        unknown = set(choice) - {"scheme", "group_size", "symmetric", "threshold"}
         if unknown:
-            raise ValueError(f"per-layer options for {name!r} may hold scheme, group_size, symmetric; "
-                             f"got {sorted(unknown)}")
+            raise ValueError(f"per-layer options for {name!r} may hold scheme, group_size, symmetric, "
+                             f"threshold; got {sorted(unknown)}")
         options = dict(defaults, **choice)
     else:
         raise TypeError(f"the scheme chosen for {name!r} must be a scheme name, a dict of options or "
@@ -95,7 +95,7 @@ def _tied_owners(model: nn.Module) -> dict:
 
 
 def plan_quantization(model: nn.Module, scheme="w8a16", exclude=("lm_head",), group_size=DEFAULT_GROUP_SIZE,
-                      symmetric=None, fit_group=True):
+                      symmetric=None, fit_group=True, threshold=None):
     """{layer name: options} for the layers `quantize_model` would replace, and {name: reason}
     for the linear layers it would leave alone."""
     exclude = _check_patterns("exclude", exclude)
@@ -106,7 +106,9 @@ def plan_quantization(model: nn.Module, scheme="w8a16", exclude=("lm_head",), gr
             raise TypeError(f"group_size must be an int, got {type(group_size).__name__} ({group_size!r})")
         if group_size <= 0 or group_size % 2:
             raise ValueError(f"group_size must be a positive even number, got {group_size}")
-    defaults = {"group_size": group_size, "symmetric": symmetric}
+    if threshold is not None:
+        check_threshold(threshold)
+    defaults = {"group_size": group_size, "symmetric": symmetric, "threshold": threshold}
     owners = _tied_owners(model)
     plan, skipped = OrderedDict(), OrderedDict()
     for name, module in model.named_modules():
@@ -124,6 +126,8 @@ def plan_quantization(model: nn.Module, scheme="w8a16", exclude=("lm_head",), gr
             skipped[name] = f"weight tied to {', '.join(tied)} (left alone, not duplicated)"
             continue
         spec = check_scheme(options["scheme"])
+        # scheme options (llm_int8: threshold); a model-wide default meant for another scheme is ignored
+        extra = scheme_options(spec, {"threshold": options.get("threshold")}, strict=False)
         in_features = linear_dims(module)[0]
         if spec.uses_group_size:
             g = options["group_size"] or DEFAULT_GROUP_SIZE
@@ -134,11 +138,11 @@ def plan_quantization(model: nn.Module, scheme="w8a16", exclude=("lm_head",), gr
                 if not fit_group:
                     check_group_size(g, in_features)  # raises, naming group_size
                 g = fit_group_size(g, in_features)
-            options = dict(options, group_size=g,
-                           symmetric=False if options["symmetric"] is None else bool(options["symmetric"]))
+            options = {"scheme": spec.name, "group_size": g,
+                       "symmetric": False if options["symmetric"] is None else bool(options["symmetric"])}
         else:
             options = {"scheme": spec.name}
-        plan[name] = options
+        plan[name] = dict(options, **extra)
     return plan, skipped
 
 
@@ -149,11 +153,13 @@ def _set_submodule(model: nn.Module, name: str, new: nn.Module):
 
 
 def quantize_model(model: nn.Module, scheme="w8a16", exclude=("lm_head",), group_size: int = DEFAULT_GROUP_SIZE,
-                   symmetric: bool = None, fit_group: bool = True, progress=None, verbose: bool = False):
+                   symmetric: bool = None, fit_group: bool = True, progress=None, verbose: bool = False,
+                   threshold: float = None):
     """Replaces the model's nn.Linear / Conv1D layers by QuantizedLinear in place; returns the model.
 
     scheme     "w8a16" | "w8a8" | "w4a16" (see myq_kernels.nn.SCHEMES), or per layer: a dict
-               {name or fnmatch pattern: scheme | {"scheme", "group_size", "symmetric"} | None}
+               {name or fnmatch pattern: scheme | {"scheme", "group_size", "symmetric", "threshold"}
+               | None}
                (first match wins; layers matching no pattern stay float), or a callable
                name -> scheme / dict / None.
     exclude    exact module names or fnmatch patterns left in float (default: lm_head).
@@ -162,6 +168,7 @@ def quantize_model(model: nn.Module, scheme="w8a16", exclude=("lm_head",), group
                fit_group=False raises instead.
     symmetric  int4 symmetric (no zero points) or asymmetric (default).
     progress   tqdm bar over the layers: None = only for models with many layers.
+    threshold  llm_int8 layers: the outlier magnitude (default 6.0); ignored by other schemes.
 
     Linear layers whose weight is tied to another module's (an lm_head tied to the embedding)
     are left alone: quantizing them would silently untie the weight. Returns the model; a
@@ -170,7 +177,7 @@ def quantize_model(model: nn.Module, scheme="w8a16", exclude=("lm_head",), group
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     _check_hf_marks(model)
-    plan, skipped = plan_quantization(model, scheme, exclude, group_size, symmetric, fit_group)
+    plan, skipped = plan_quantization(model, scheme, exclude, group_size, symmetric, fit_group, threshold)
     tied = {k: v for k, v in skipped.items() if v.startswith("weight tied")}
     if tied and verbose:
         warnings.warn("left tied layers unquantized: " + "; ".join(f"{k}: {v}" for k, v in tied.items()))
@@ -190,7 +197,8 @@ def quantize_model(model: nn.Module, scheme="w8a16", exclude=("lm_head",), group
             module = model.get_submodule(name)
             q = QuantizedLinear.from_linear(module, scheme=options["scheme"],
                                             group_size=options.get("group_size"),
-                                            symmetric=options.get("symmetric"))
+                                            symmetric=options.get("symmetric"),
+                                            threshold=options.get("threshold"))
             for path in paths.get(id(module), [name]):  # a module registered under several names
                 _set_submodule(model, path, q)
             if bar is not None:
@@ -198,13 +206,41 @@ def quantize_model(model: nn.Module, scheme="w8a16", exclude=("lm_head",), group
     if bar is not None:
         bar.close()
     model._myq_skipped = dict(skipped)
-    _attach_hf_config(model, scheme, exclude, group_size, symmetric)
+    _attach_hf_config(model, scheme, exclude, group_size, symmetric, threshold)
     return model
 
 
 def quantized_layout(model: nn.Module) -> dict:
     """{module name: QuantizedLinear.config()} for every quantized layer of the model."""
     return {name: m.config() for name, m in model.named_modules() if isinstance(m, QuantizedLinear)}
+
+
+# Set on a float nn.Linear by a transform that gave it a bias it did not have (outlier shift).
+ADDED_BIAS_ATTR = "_myq_added_bias"
+
+
+def transform_layout(model: nn.Module) -> dict:
+    """{module name: spec} of the structural changes myq's calibration transforms made, which the
+    stock architecture does not have and a checkpoint loader must rebuild before the state dict
+    fits (see `algorithms.smoothquant.rebuild_transforms`):
+
+      {"type": "norm_bias", "features": N}   a norm wrapped in NormWithBias (outlier shift)
+      {"type": "input_transform", "input_shift": bool, "input_scale": bool}
+                                             a linear wrapped in InputTransformLinear
+      {"type": "linear_bias"}                a float nn.Linear given a bias (a quantized layer
+                                             records its bias in `QuantizedLinear.config()`)
+
+    Parents come before their children. Wrappers describe themselves (`transform_config()`).
+    """
+    out = {}
+    for name, module in model.named_modules():
+        describe = getattr(type(module), "transform_config", None)
+        if callable(describe):
+            out[name] = module.transform_config()
+        elif (isinstance(module, nn.Linear) and not isinstance(module, QuantizedLinear)
+              and module.bias is not None and getattr(module, ADDED_BIAS_ATTR, False)):
+            out[name] = {"type": "linear_bias"}
+    return out
 
 
 def _check_hf_marks(model):
@@ -223,7 +259,7 @@ def _check_hf_marks(model):
                          "myq quantizes float nn.Linear / Conv1D layers only (load the model unquantized)")
 
 
-def _attach_hf_config(model, scheme, exclude, group_size, symmetric):
+def _attach_hf_config(model, scheme, exclude, group_size, symmetric, threshold=None):
     """A transformers model gets config.quantization_config + hf_quantizer (save_pretrained needs them)."""
     if not hasattr(model, "config") or not hasattr(model, "save_pretrained"):
         return
@@ -235,7 +271,7 @@ def _attach_hf_config(model, scheme, exclude, group_size, symmetric):
         return
     hf.attach_quantization_config(model, scheme=scheme if isinstance(scheme, str) else "mixed",
                                   exclude=list(_check_patterns("exclude", exclude)),
-                                  group_size=group_size, symmetric=symmetric)
+                                  group_size=group_size, symmetric=symmetric, threshold=threshold)
 
 
 # ---- footprint ----------------------------------------------------------------------------

@@ -10,6 +10,8 @@ Stored tensors are buffers, not parameters (nothing here is trainable):
   w4a16         weight_packed uint8 [N, K // 2], weight_scale float32 [N, K // g],
                 weight_zero float32 [N, K // g] (asymmetric only)
   all           bias [N] in the original layer's dtype (or None)
+Scheme options (`Scheme.extra`, e.g. llm_int8's outlier `threshold`) are plain attributes,
+recorded by `config()` so a saved checkpoint rebuilds them.
 `module.weight` is the stored weight for every scheme (w4a16: the packed uint8 tensor).
 Scales and zero points stay float32 even when the model is cast to bf16/fp16.
 """
@@ -39,6 +41,8 @@ class Scheme:
     uses_group_size: bool = False
     # buffers that must stay float32 whatever the model dtype
     float32_buffers: tuple = ("weight_scale",)
+    # scheme options and their defaults ({"threshold": 6.0} for llm_int8): module attributes,
+    # part of `QuantizedLinear.config()`
     extra: dict = field(default_factory=dict)
 
 
@@ -71,6 +75,38 @@ def check_group_size(group_size, in_features: int):
             f"group_size ({group_size}) must divide in_features ({in_features}); use "
             f"group_size={in_features} for one scale per output channel, or a divisor such as "
             f"{fit_group_size(group_size, in_features)}")
+
+
+def check_threshold(threshold) -> float:
+    """The LLM.int8() outlier threshold as a float >= 0 (inf: no outliers, plain W8A8)."""
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+        raise TypeError(f"threshold must be a float, got {type(threshold).__name__} ({threshold!r})")
+    threshold = float(threshold)
+    if not threshold >= 0:  # also rejects NaN
+        raise ValueError(f"threshold must be >= 0 (the outlier magnitude), got {threshold}")
+    return threshold
+
+
+_OPTION_CHECKS = {"threshold": check_threshold}
+
+
+def scheme_options(spec, given: dict, strict: bool = True) -> dict:
+    """The scheme's options (`spec.extra`) filled from `given` ({name: value or None}), validated.
+
+    strict: an option given (not None) that the scheme does not take raises ValueError;
+    otherwise it is ignored (a model-wide default on a layer of another scheme)."""
+    spec = check_scheme(spec)
+    if strict:
+        for name, value in given.items():
+            if value is not None and name not in spec.extra:
+                takers = sorted(s.name for s in SCHEMES.values() if name in s.extra)
+                raise ValueError(f"{name} applies to the {' / '.join(takers) or 'no'} scheme only, "
+                                 f"not {spec.name!r}")
+    out = {}
+    for name, default in spec.extra.items():
+        value = given.get(name)
+        out[name] = _OPTION_CHECKS.get(name, lambda v: v)(default if value is None else value)
+    return out
 
 
 def fit_group_size(group_size: int, in_features: int):
@@ -139,8 +175,7 @@ register_scheme(Scheme(
     "llm_int8", "LLM.int8(): int8 weights (per-channel absmax); activation columns above a threshold "
                 "(6.0) in floating point, the rest int8 per token",
     _int8_layout, _int8_quantize,
-    lambda m, x: ops.llm_int8_linear(x, m.weight, m.weight_scale, m.bias,
-                                     getattr(m, "llm_int8_threshold", LLM_INT8_THRESHOLD)),
+    lambda m, x: ops.llm_int8_linear(x, m.weight, m.weight_scale, m.bias, m.threshold),
     _int8_dequantize, extra={"threshold": LLM_INT8_THRESHOLD}))
 
 
@@ -168,9 +203,11 @@ class QuantizedLinear(nn.Module):
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, scheme: str = "w8a16",
-                 group_size: int = None, symmetric: bool = None, device=None, dtype=None):
+                 group_size: int = None, symmetric: bool = None, device=None, dtype=None,
+                 threshold: float = None):
         super().__init__()
         spec = check_scheme(scheme)
+        options = scheme_options(spec, {"threshold": threshold})
         for name, value in (("in_features", in_features), ("out_features", out_features)):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -190,6 +227,8 @@ class QuantizedLinear(nn.Module):
         self.scheme = spec.name
         self.group_size = group_size
         self.symmetric = symmetric
+        for name, value in options.items():  # llm_int8: threshold
+            setattr(self, name, value)
         layout = spec.layout(out_features, in_features, group_size, symmetric)
         for name, (shape, buf_dtype) in layout.items():
             self.register_buffer(name, torch.empty(shape, dtype=buf_dtype, device=device))
@@ -214,9 +253,12 @@ class QuantizedLinear(nn.Module):
 
     @classmethod
     def from_linear(cls, linear: nn.Module, scheme: str = "w8a16", group_size: int = DEFAULT_GROUP_SIZE,
-                    symmetric: bool = None) -> "QuantizedLinear":
-        """Quantizes an nn.Linear, or a transformers Conv1D (GPT-2; weight stored [in, out])."""
+                    symmetric: bool = None, threshold: float = None) -> "QuantizedLinear":
+        """Quantizes an nn.Linear, or a transformers Conv1D (GPT-2; weight stored [in, out]).
+
+        threshold: llm_int8 only, the outlier magnitude (default 6.0)."""
         spec = check_scheme(scheme)
+        scheme_options(spec, {"threshold": threshold})  # bad options fail before any work
         in_features, out_features, weight = linear_dims(linear)
         if weight.device.type == "meta":
             raise ValueError("cannot quantize a layer on the meta device (load its weights first)")
@@ -228,7 +270,7 @@ class QuantizedLinear(nn.Module):
             check_group_size(group_size, in_features)
         bias = getattr(linear, "bias", None)
         module = cls(in_features, out_features, bias=bias is not None, scheme=spec.name,
-                     group_size=group_size, symmetric=symmetric, device="meta")
+                     group_size=group_size, symmetric=symmetric, device="meta", threshold=threshold)
         with torch.no_grad():
             tensors = spec.quantize(weight.detach().float(), module.group_size, module.symmetric)
             for name, t in tensors.items():
@@ -273,11 +315,17 @@ class QuantizedLinear(nn.Module):
                 f"bias={self.bias is not None}, scheme={self.scheme}")
         if self.spec.uses_group_size:
             text += f", group_size={self.group_size}, symmetric={self.symmetric}"
+        for name in self.spec.extra:
+            text += f", {name}={getattr(self, name)}"
         return text
 
     def config(self) -> dict:
-        """What rebuilds this layer's empty skeleton (used by the Hugging Face integration)."""
-        out = {"scheme": self.scheme}
+        """What rebuilds this layer's empty skeleton (used by the Hugging Face integration):
+        scheme, bias (a layer may carry a bias its float original lacked, e.g. after outlier
+        shift), group_size / symmetric (w4a16), the scheme's options (llm_int8: threshold)."""
+        out = {"scheme": self.scheme, "bias": self.bias is not None}
         if self.spec.uses_group_size:
             out.update(group_size=self.group_size, symmetric=self.symmetric)
+        for name in self.spec.extra:
+            out[name] = getattr(self, name)
         return out

@@ -476,3 +476,113 @@ def test_sliding_window_perplexity():
     assert math.isfinite(overlapping)
     with pytest.raises(ValueError, match="stride"):
         sliding_window_perplexity(model, ids, 16, 32)
+
+
+# ---- save_pretrained / from_pretrained of transformed and LLM.int8() models ---------------------
+
+def _save_load(model, folder, auto=None):
+    model.save_pretrained(folder)
+    auto = auto or transformers.AutoModelForCausalLM
+    return auto.from_pretrained(folder).eval()
+
+
+@pytest.mark.parametrize("case", ["shift", "shift_explicit", "shift_float_source", "smooth_only"])
+def test_shifted_smoothed_llama_save_load_bit_exact(case, tmp_path):
+    """Outlier shift gives LlamaRMSNorm a bias (NormWithBias), q/k/v/o/gate/up biases and, with
+    shift_explicit, an InputTransformLinear on down_proj: none of them exist in the stock
+    LlamaForCausalLM, so the checkpoint must say what to rebuild before the weights load."""
+    model = tiny_llama()
+    ids = _ids(4, 16)
+    exclude = ("lm_head", "*.v_proj") if case == "shift_float_source" else ("lm_head",)
+    smoothquant(model, ids, shift=case != "smooth_only", shift_explicit=case == "shift_explicit",
+                scheme="w8a8", exclude=exclude)
+    with torch.inference_mode():
+        want = model(ids).logits
+    loaded = _save_load(model, tmp_path / "a")
+    assert [type(m).__name__ for m in loaded.modules()] == [type(m).__name__ for m in model.modules()]
+    assert set(loaded.state_dict()) == set(model.state_dict())
+    with torch.inference_mode():
+        assert torch.equal(loaded(ids).logits, want)
+    if case == "shift_float_source":  # a float (excluded) linear that was given a bias
+        v = loaded.model.layers[0].self_attn.v_proj
+        assert type(v) is nn.Linear and v.bias is not None
+        torch.testing.assert_close(v.bias, model.model.layers[0].self_attn.v_proj.bias, rtol=0, atol=0)
+    # what was loaded saves and loads again
+    again = _save_load(loaded, tmp_path / "b")
+    with torch.inference_mode():
+        assert torch.equal(again(ids).logits, want)
+
+
+def test_smoothquant_bert_explicit_scales_save_load(tmp_path):
+    model = tiny_bert()
+    ids = _ids(4, 16)
+    smoothquant(model, ids, shift=True, shift_explicit=True, scheme="w8a8")
+    assert any(isinstance(m, InputTransformLinear) for m in model.modules())
+    with torch.inference_mode():
+        want = model(ids).last_hidden_state
+    loaded = _save_load(model, tmp_path, transformers.AutoModel)
+    with torch.inference_mode():
+        assert torch.equal(loaded(ids).last_hidden_state, want)
+
+
+def test_llm_int8_threshold_round_trips(tmp_path):
+    model = tiny_llama()
+    ids = _ids(2, 12)
+    quantize_model(model, "llm_int8", threshold=2.5)
+    layers = [m for m in model.modules() if isinstance(m, QuantizedLinear)]
+    assert layers and all(m.threshold == 2.5 for m in layers)
+    assert "threshold=2.5" in repr(layers[0])
+    with torch.inference_mode():
+        want = model(ids).logits
+        default = quantize_model(tiny_llama(), "llm_int8")(ids).logits
+    assert not torch.equal(want, default)  # the threshold matters for this model
+    loaded = _save_load(model, tmp_path)
+    assert {m.threshold for m in loaded.modules() if isinstance(m, QuantizedLinear)} == {2.5}
+    with torch.inference_mode():
+        assert torch.equal(loaded(ids).logits, want)
+    # quantize while loading takes the threshold from MyqConfig
+    fp = tmp_path / "fp"
+    tiny_llama().save_pretrained(fp)
+    ql = transformers.AutoModelForCausalLM.from_pretrained(
+        fp, quantization_config=myq_kernels.MyqConfig(scheme="llm_int8", threshold=2.5)).eval()
+    with torch.inference_mode():
+        assert torch.equal(ql(ids).logits, want)
+
+
+def test_llm_int8_threshold_bad_arguments():
+    lin = nn.Linear(64, 24)
+    with pytest.raises(ValueError, match="threshold must be >= 0"):
+        QuantizedLinear.from_linear(lin, "llm_int8", threshold=-1.0)
+    with pytest.raises(TypeError, match="threshold must be a float"):
+        QuantizedLinear(64, 24, scheme="llm_int8", threshold="6")
+    with pytest.raises(ValueError, match="threshold applies to the llm_int8 scheme only"):
+        QuantizedLinear(64, 24, scheme="w8a8", threshold=4.0)
+    with pytest.raises(ValueError, match="threshold must be >= 0"):
+        quantize_model(tiny_llama(layers=1), "llm_int8", threshold=float("nan"))
+    with pytest.raises(ValueError, match="threshold must be >= 0"):
+        myq_kernels.MyqConfig(scheme="llm_int8", threshold=-2)
+    # a non-llm_int8 layer of a mixed plan ignores the global threshold, like group_size
+    m = quantize_model(tiny_llama(layers=1), {"*.q_proj": "llm_int8", "*": "w8a8"}, threshold=3.0)
+    q = m.model.layers[0].self_attn
+    assert q.q_proj.config() == {"scheme": "llm_int8", "bias": False, "threshold": 3.0}
+    assert q.k_proj.config() == {"scheme": "w8a8", "bias": False}
+
+
+def test_bad_transforms_in_checkpoint_config(tmp_path):
+    model = tiny_llama(layers=1)
+    smoothquant(model, _ids(2, 8), shift=True, scheme="w8a8")
+    model.save_pretrained(tmp_path)
+    import json
+    path = tmp_path / "config.json"
+    cfg = json.loads(path.read_text())
+    transforms = cfg["quantization_config"]["transforms"]
+    assert transforms["model.layers.0.input_layernorm"] == {"type": "norm_bias", "features": 64}
+    transforms["model.layers.0.input_layernorm"] = {"type": "warp_drive"}
+    path.write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="unknown transform type 'warp_drive'"):
+        transformers.AutoModelForCausalLM.from_pretrained(tmp_path)
+    transforms["model.layers.0.input_layernorm"] = {"type": "norm_bias", "features": 64}
+    transforms["model.layers.0.nothing_here"] = {"type": "linear_bias"}
+    path.write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="'model.layers.0.nothing_here', which this model does not have"):
+        transformers.AutoModelForCausalLM.from_pretrained(tmp_path)

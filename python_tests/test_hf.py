@@ -182,6 +182,16 @@ def test_config_bad_arguments():
         myq.MyqConfig(modules={"x": {"scheme": "bogus"}})
     config = myq.MyqConfig.from_dict(myq.MyqConfig(scheme="w4a16", symmetric=True).to_dict())
     assert (config.scheme, config.group_size, config.symmetric, config.exclude) == ("w4a16", 128, True, ["lm_head"])
+    with pytest.raises(ValueError, match="threshold must be >= 0"):
+        myq.MyqConfig(scheme="llm_int8", threshold=float("nan"))
+    with pytest.raises(ValueError, match="transforms must be a dict"):
+        myq.MyqConfig(transforms=["model.norm"])
+    with pytest.raises(ValueError, match=r"transforms\['model.norm'\] must be a dict with a 'type'"):
+        myq.MyqConfig(transforms={"model.norm": "norm_bias"})
+    with pytest.raises(ValueError, match=r"modules\['x'\] must be a dict"):
+        myq.MyqConfig(modules={"x": "w8a8"})
+    config = myq.MyqConfig.from_dict(myq.MyqConfig(scheme="llm_int8", threshold=3).to_dict())
+    assert config.threshold == 3.0 and config.transforms is None
 
 
 def test_old_transformers_fails_clearly(monkeypatch):

@@ -16,13 +16,15 @@ around zero (asymmetric outlier channels stop wasting half the int8 range). Fold
 Combinable with smoothing: `smoothquant(model, batches, shift=True)` shifts first, then
 smooths the shifted activations (max|x - z| = (max - min) / 2).
 
-Note: the model is no longer a stock transformers architecture (new biases, wrapped norms):
-it is exact in memory, but `save_pretrained` checkpoints of a shifted Llama do not load back
-into `LlamaForCausalLM`.
+Saving: the model is no longer a stock transformers architecture (new biases, wrapped norms).
+Once quantized, its MyqConfig records these changes (`transforms`, and `bias` per quantized
+layer), and `from_pretrained` rebuilds them on the stock model before loading the weights, so a
+shifted Llama saved with `save_pretrained` reloads with the same outputs.
 """
 import torch
 from torch import nn
 
+from ..model import ADDED_BIAS_ATTR
 from .calibration import collect_activation_stats
 from .smoothquant import (NormWithBias, _expand, _group_stats, _inner, _set_submodule, fold_groups,
                           wrap_explicit)
@@ -32,6 +34,7 @@ def _add_bias_(linear: nn.Linear, delta: torch.Tensor):
     delta = delta.to(linear.weight.dtype)
     if linear.bias is None:
         linear.bias = nn.Parameter(delta.clone(), requires_grad=False)
+        setattr(linear, ADDED_BIAS_ATTR, True)  # recorded for the checkpoint (model.transform_layout)
     else:
         linear.bias.add_(delta.to(linear.bias.dtype))
 

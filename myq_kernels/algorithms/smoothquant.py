@@ -19,13 +19,19 @@ easier to quantize per token. The division by s is folded so that nothing runs a
 
 Before quantization the model computes the same function (to float32 rounding).
 `smoothquant(model, batches)` smooths and then quantizes with `quantize_model` (W8A8).
+
+Saving: the wrappers below (and biases added by outlier shift) are not part of the stock
+transformers architecture. `myq_kernels.model.transform_layout` records them in the checkpoint's
+MyqConfig (`transforms`), and `rebuild_transforms` recreates them on the freshly built stock
+model before `from_pretrained` loads the state dict, so a smoothed / shifted model reloads exactly.
 """
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from ..model import is_excluded, quantize_model
+from ..model import ADDED_BIAS_ATTR, is_excluded, quantize_model
+from ..nn import linear_dims
 from .calibration import ActStats, collect_activation_stats
 
 DEFAULT_ALPHA = 0.5
@@ -62,6 +68,21 @@ class InputTransformLinear(nn.Module):
     def bias(self):
         return self.linear.bias
 
+    def transform_config(self) -> dict:
+        """What `rebuild_transforms` needs to recreate this wrapper (see model.transform_layout)."""
+        return {"type": "input_transform", "input_shift": self.input_shift is not None,
+                "input_scale": self.input_scale is not None}
+
+    @classmethod
+    def skeleton(cls, linear: nn.Module, input_shift: bool = False, input_scale: bool = False):
+        """Wraps `linear` with empty per-input-channel buffers, for a checkpoint to fill."""
+        in_features, _, weight = linear_dims(linear)
+        wrapper = cls(linear)
+        for name, present in (("input_shift", input_shift), ("input_scale", input_scale)):
+            if present:
+                setattr(wrapper, name, torch.ones(in_features, dtype=weight.dtype, device=weight.device))
+        return wrapper
+
 
 class NormWithBias(nn.Module):
     """`norm(x) + bias`: gives a bias to a norm that has none (LlamaRMSNorm), for outlier shift."""
@@ -78,6 +99,78 @@ class NormWithBias(nn.Module):
     def forward(self, x):
         y = self.norm(x)
         return y + self.bias.to(y.dtype)
+
+    def transform_config(self) -> dict:
+        return {"type": "norm_bias", "features": self.bias.numel()}
+
+    @classmethod
+    def skeleton(cls, norm: nn.Module, features: int):
+        """`norm` with a zero bias of `features` channels, for a checkpoint to fill."""
+        weight = getattr(norm, "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.numel() != features:
+            raise ValueError(f"a norm_bias of {features} channels does not fit {type(norm).__name__} with "
+                             f"{weight.numel()} channels")
+        like = weight if isinstance(weight, torch.Tensor) else torch.empty(0)
+        return cls(norm, torch.zeros(features, dtype=like.dtype, device=like.device))
+
+
+def _check_flag(name, spec, key):
+    value = spec.get(key, False)
+    if not isinstance(value, bool):
+        raise ValueError(f"transform {name!r}: {key} must be true or false, got {value!r}")
+    return value
+
+
+def _rebuild_norm_bias(model, name, module, spec):
+    if isinstance(module, NormWithBias):
+        raise ValueError(f"{name!r} already carries a norm bias")
+    features = spec.get("features")
+    if isinstance(features, bool) or not isinstance(features, int) or features <= 0:
+        raise ValueError(f"transform {name!r}: norm_bias needs a positive int 'features', got {features!r}")
+    _set_submodule(model, name, NormWithBias.skeleton(module, features))
+
+
+def _rebuild_input_transform(model, name, module, spec):
+    if isinstance(module, InputTransformLinear) or not _is_lin(module):
+        raise ValueError(f"transform {name!r}: input_transform wraps an nn.Linear, found {type(module).__name__}")
+    _set_submodule(model, name, InputTransformLinear.skeleton(
+        module, _check_flag(name, spec, "input_shift"), _check_flag(name, spec, "input_scale")))
+
+
+def _rebuild_linear_bias(model, name, module, spec):
+    if not isinstance(module, nn.Linear):
+        raise ValueError(f"transform {name!r}: linear_bias applies to an nn.Linear, found {type(module).__name__}")
+    if module.bias is None:
+        w = module.weight
+        module.bias = nn.Parameter(torch.zeros(module.out_features, dtype=w.dtype, device=w.device),
+                                   requires_grad=False)
+    setattr(module, ADDED_BIAS_ATTR, True)
+
+
+TRANSFORM_BUILDERS = {"norm_bias": _rebuild_norm_bias, "input_transform": _rebuild_input_transform,
+                      "linear_bias": _rebuild_linear_bias}
+
+
+def rebuild_transforms(model: nn.Module, transforms: dict) -> nn.Module:
+    """Recreates on a stock model the structure `model.transform_layout` recorded (norm biases,
+    explicit input transforms, added linear biases), with empty tensors for a state dict to fill.
+    Parents are rebuilt before their children. Returns the model (changed in place)."""
+    if not isinstance(transforms, dict):
+        raise ValueError(f"transforms must be a dict {{module name: spec}}, got {type(transforms).__name__}")
+    for name in sorted(transforms, key=lambda n: n.count(".")):
+        spec = transforms[name]
+        kind = spec.get("type") if isinstance(spec, dict) else None
+        if kind not in TRANSFORM_BUILDERS:
+            raise ValueError(f"unknown transform type {kind!r} for module {name!r} (known: "
+                             f"{', '.join(sorted(TRANSFORM_BUILDERS))}; was the checkpoint written by a "
+                             f"newer myq_kernels?)")
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"the checkpoint's quantization_config transforms module {name!r}, which this "
+                             f"model does not have") from None
+        TRANSFORM_BUILDERS[kind](model, name, module, spec)
+    return model
 
 
 # ---- where each linear layer's input transform goes ----------------------------------------
