@@ -1,7 +1,16 @@
-"""Shared inputs and tolerances for testing every backend of the ops against the reference."""
+"""Shared cases and checks for testing every backend of the ops against the reference.
+
+test_ops.py (CPU backends), test_triton.py (Triton interpreter) and test_cuda.py (GPU) each
+pick the backend and the shapes; the check_* functions here run one case on a device, so
+the backends are held to the same checks.
+"""
 import torch
 
+import myq_kernels
 from myq_kernels import primitives, reference
+
+INT8_OPS = ["int8_linear", "int8_linear_dynamic"]
+LINEAR_OPS = INT8_OPS + ["int4_linear"]
 
 # (batch shape of x, N, K): M = 1 and large, N = 1, K not a multiple of 16/32/64,
 # several batch dims, and K large enough that accumulation order matters.
@@ -34,6 +43,9 @@ INT4_SHAPES = [
 ]
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+# q shapes for pack / unpack: one byte, batch dims, rows not a multiple of a vector width.
+PACK_SHAPES = [(2,), (1, 2), (3, 34), (5, 4, 66), (257, 130)]
 
 # Relative accuracy of the dot products, in units of sum |x_k * w_k| (the usual bound):
 # float32 accumulation, plus rounding of the result to x's dtype.
@@ -82,6 +94,17 @@ def int8_expected(x, weight, scale, bias):
     return expected, magnitude
 
 
+def int8_dynamic_expected(x, weight, scale, bias):
+    """As int8_expected for W8A8, whose bound is on the products of the int8-quantized tokens."""
+    expected = reference.int8_linear_dynamic(x.double(), weight, scale.double(),
+                                             None if bias is None else bias.double())
+    q, row_scale = reference.quantize_per_token(x)
+    magnitude = (q.double().abs() @ weight.double().abs().T) * row_scale.double().unsqueeze(-1) * scale.double()
+    if bias is not None:
+        magnitude = magnitude + bias.double().abs()
+    return expected, magnitude
+
+
 def int4_expected(x, packed, scales, zeros, group_size, bias):
     w = reference.dequantize_int4(packed, scales, zeros, group_size, torch.float64)
     expected = x.double() @ w.T
@@ -90,3 +113,83 @@ def int4_expected(x, packed, scales, zeros, group_size, bias):
         expected = expected + bias.double()
         magnitude = magnitude + bias.double().abs()
     return expected, magnitude
+
+
+def run_op(op, device, *args):
+    """myq_kernels.<op>(*args) with the tensor arguments moved to `device`; the result, checked
+    to come back on that device, is returned on the CPU for comparing with the reference."""
+    args = [a.to(device) if isinstance(a, torch.Tensor) else a for a in args]
+    y = getattr(myq_kernels, op)(*args)
+    assert y.device.type == torch.device(device).type, f"{op} returned a tensor on {y.device}, expected {device}"
+    return y.cpu()
+
+
+def check_int8_op(op, batch, n, k, dtype, with_bias, device="cpu"):
+    """int8_linear or int8_linear_dynamic on one case, against the float64 reference."""
+    x = make_x(batch, k, dtype, contiguous=k % 3 != 0)
+    if x.numel() > k:
+        x[..., 0, :] = 0.0  # an all-zero token: W8A8 must not divide by its zero scale
+    weight, scale = int8_weight(n, k)
+    bias = make_bias(n, with_bias)
+    y = run_op(op, device, x, weight, scale, bias)
+    expected = int8_expected if op == "int8_linear" else int8_dynamic_expected
+    assert_linear_close(y, *expected(x, weight, scale, bias), dtype)
+
+
+def check_int4_linear(batch, n, k, group_size, dtype, symmetric, device="cpu"):
+    x = make_x(batch, k, dtype, contiguous=n % 2 == 1)
+    packed, scales, zeros = int4_weight(n, k, group_size, symmetric)
+    bias = make_bias(n, with_bias=symmetric)
+    y = run_op("int4_linear", device, x, packed, scales, zeros, group_size, bias)
+    assert_linear_close(y, *int4_expected(x, packed, scales, zeros, group_size, bias), dtype)
+
+
+def check_params_in_other_dtypes(dtype, device="cpu", rows=4):
+    """Scales, zero points and bias in `dtype` with float32 x: read in their own dtype."""
+    x = torch.randn(rows, 64)
+    weight, scale = int8_weight(8, 64)
+    bias = torch.randn(8)
+    scale, bias = scale.to(dtype), bias.to(dtype)
+    y = run_op("int8_linear", device, x, weight, scale, bias)
+    assert_linear_close(y, *int8_expected(x, weight, scale.float(), bias.float()), torch.float32)
+    packed, scales, zeros = int4_weight(8, 64, 32, symmetric=False)
+    scales, zeros = scales.to(dtype), zeros.to(dtype)
+    y = run_op("int4_linear", device, x, packed, scales, zeros, 32, bias)
+    assert_linear_close(y, *int4_expected(x, packed, scales.float(), zeros.float(), 32, bias.float()),
+                        torch.float32)
+
+
+def check_empty_batch(op, device="cpu"):
+    """No rows of x (M = 0), with one or more batch dims: an empty result of x's dtype."""
+    if op == "int4_linear":
+        weights = [*int4_weight(5, 64, 32, symmetric=False), 32]
+    else:
+        weights = int8_weight(5, 64)
+    for shape in ((0, 64), (2, 0, 64)):
+        x = torch.randn(shape)
+        y = run_op(op, device, x, *weights)
+        assert y.shape == (*shape[:-1], 5) and y.dtype == x.dtype
+
+
+def check_pack_unpack_every_byte(device="cpu"):
+    every_byte = torch.arange(256, dtype=torch.uint8)
+    q = reference.unpack_int4(every_byte)
+    assert torch.equal(q[0::2], every_byte & 0xF) and torch.equal(q[1::2], every_byte >> 4)
+    assert torch.equal(run_op("unpack_int4", device, every_byte), q)
+    assert torch.equal(run_op("pack_int4", device, q), every_byte)
+
+
+def check_pack_unpack_round_trip(shape, device="cpu"):
+    q = torch.randint(0, 16, shape, dtype=torch.uint8)
+    packed = run_op("pack_int4", device, q)
+    assert packed.shape == (*shape[:-1], shape[-1] // 2) and packed.dtype == torch.uint8
+    assert torch.equal(packed, reference.pack_int4(q))
+    assert torch.equal(run_op("unpack_int4", device, packed), q)
+    if q.numel() > 64:  # a view 2 bytes into its storage on the device: vector paths must fall back
+        part = q.to(device).reshape(-1)[2:66]
+        assert torch.equal(myq_kernels.pack_int4(part).cpu(), reference.pack_int4(part.cpu()))
+
+
+def check_pack_accepts_wider_integer_types(device="cpu"):
+    q = torch.randint(0, 16, (4, 8), dtype=torch.int64)
+    assert torch.equal(run_op("unpack_int4", device, run_op("pack_int4", device, q)), q.to(torch.uint8))

@@ -11,8 +11,10 @@ import torch
 
 import myq_kernels
 from myq_kernels import reference
-from op_cases import (DTYPES, INT4_SHAPES, LINEAR_SHAPES, assert_linear_close, int4_expected, int4_weight,
-                      int8_expected, int8_weight, make_bias, make_x)
+from op_cases import (DTYPES, INT4_SHAPES, INT8_OPS, LINEAR_OPS, LINEAR_SHAPES, PACK_SHAPES, assert_linear_close,
+                      check_empty_batch, check_int4_linear, check_int8_op, check_pack_accepts_wider_integer_types,
+                      check_pack_unpack_every_byte, check_pack_unpack_round_trip, check_params_in_other_dtypes,
+                      int4_expected, int4_weight, int8_weight)
 
 if not torch.cuda.is_available():
     pytest.skip("no CUDA GPU visible (torch.cuda.is_available() is False)", allow_module_level=True)
@@ -57,46 +59,19 @@ def test_cuda_backends_available():
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"myq::{op}", "CUDA"), op
 
 
+@pytest.mark.parametrize("op", INT8_OPS)
 @pytest.mark.parametrize("batch,n,k", GPU_LINEAR_SHAPES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_int8_linear(backend, poisoned_outputs, batch, n, k, dtype, with_bias):
-    x = make_x(batch, k, dtype, contiguous=k % 3 != 0)
-    weight, scale = int8_weight(n, k)
-    bias = make_bias(n, with_bias)
-    y = myq_kernels.int8_linear(*cuda(x, weight, scale, bias))
-    assert y.device.type == "cuda"
-    assert_linear_close(y.cpu(), *int8_expected(x, weight, scale, bias), dtype)
-
-
-@pytest.mark.parametrize("batch,n,k", GPU_LINEAR_SHAPES)
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("with_bias", [False, True])
-def test_int8_linear_dynamic(backend, poisoned_outputs, batch, n, k, dtype, with_bias):
-    x = make_x(batch, k, dtype, contiguous=k % 3 != 0)
-    if x.numel() > k:
-        x[..., 0, :] = 0.0
-    weight, scale = int8_weight(n, k)
-    bias = make_bias(n, with_bias)
-    y = myq_kernels.int8_linear_dynamic(*cuda(x, weight, scale, bias))
-    expected = reference.int8_linear_dynamic(x.double(), weight, scale.double(),
-                                             None if bias is None else bias.double())
-    q, row_scale = reference.quantize_per_token(x)
-    magnitude = (q.double().abs() @ weight.double().abs().T) * row_scale.double().unsqueeze(-1) * scale.double()
-    if bias is not None:
-        magnitude = magnitude + bias.double().abs()
-    assert_linear_close(y.cpu(), expected, magnitude, dtype)
+def test_int8_ops(backend, poisoned_outputs, op, batch, n, k, dtype, with_bias):
+    check_int8_op(op, batch, n, k, dtype, with_bias, CUDA)
 
 
 @pytest.mark.parametrize("batch,n,k,group_size", GPU_INT4_SHAPES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("symmetric", [False, True])
 def test_int4_linear(backend, poisoned_outputs, batch, n, k, group_size, dtype, symmetric):
-    x = make_x(batch, k, dtype, contiguous=n % 2 == 1)
-    packed, scales, zeros = int4_weight(n, k, group_size, symmetric)
-    bias = make_bias(n, with_bias=symmetric)
-    y = myq_kernels.int4_linear(*cuda(x, packed, scales, zeros), group_size, *cuda(bias))
-    assert_linear_close(y.cpu(), *int4_expected(x, packed, scales, zeros, group_size, bias), dtype)
+    check_int4_linear(batch, n, k, group_size, dtype, symmetric, CUDA)
 
 
 @pytest.mark.parametrize("op", ["int8_linear", "int8_linear_dynamic", "int4_linear"])
@@ -116,31 +91,14 @@ def test_misaligned_x_view(backend, op, dtype):
         assert torch.allclose(y.cpu().double(), expected, rtol=2e-2, atol=5e-2 * expected.abs().max().item())
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_scales_zeros_and_bias_in_other_dtypes(backend, dtype):
-    x = torch.randn(20, 64)
-    weight, scale = int8_weight(8, 64)
-    bias = torch.randn(8)
-    y = myq_kernels.int8_linear(*cuda(x, weight, scale.to(dtype), bias.to(dtype)))
-    assert_linear_close(y.cpu(), *int8_expected(x, weight, scale.to(dtype).float(), bias.to(dtype).float()),
-                        torch.float32)
-    packed, scales, zeros = int4_weight(8, 64, 32, symmetric=False)
-    y = myq_kernels.int4_linear(*cuda(x, packed, scales.to(dtype), zeros.to(dtype)), 32, *cuda(bias.to(dtype)))
-    expected = int4_expected(x, packed, scales.to(dtype).float(), zeros.to(dtype).float(), 32, bias.to(dtype).float())
-    assert_linear_close(y.cpu(), *expected, torch.float32)
+    check_params_in_other_dtypes(dtype, CUDA, rows=20)  # 20 rows: the tensor-core tiles, past the GEMV
 
 
-@pytest.mark.parametrize("op", ["int8_linear", "int8_linear_dynamic", "int4_linear"])
+@pytest.mark.parametrize("op", LINEAR_OPS)
 def test_empty_batch_and_empty_k(backend, op):
-    for shape in ((0, 64), (2, 0, 64)):
-        x = torch.randn(*shape, device=CUDA)
-        if op == "int4_linear":
-            packed, scales, zeros = cuda(*int4_weight(5, 64, 32, symmetric=False))
-            y = myq_kernels.int4_linear(x, packed, scales, zeros, 32)
-        else:
-            weight, scale = cuda(*int8_weight(5, 64))
-            y = getattr(myq_kernels, op)(x, weight, scale)
-        assert y.shape == (*shape[:-1], 5) and y.dtype == x.dtype
+    check_empty_batch(op, CUDA)
     if op != "int4_linear":  # K = 0: every dot product is empty, the result is the bias
         x = torch.randn(3, 0, device=CUDA, dtype=torch.float16)
         weight = torch.zeros(5, 0, dtype=torch.int8, device=CUDA)
@@ -150,23 +108,16 @@ def test_empty_batch_and_empty_k(backend, op):
 
 
 def test_pack_unpack_every_byte(backend, poisoned_outputs):
-    every_byte = torch.arange(256, dtype=torch.uint8)
-    q = reference.unpack_int4(every_byte)
-    assert torch.equal(myq_kernels.unpack_int4(every_byte.to(CUDA)).cpu(), q)
-    assert torch.equal(myq_kernels.pack_int4(q.to(CUDA)).cpu(), every_byte)
+    check_pack_unpack_every_byte(CUDA)
 
 
-@pytest.mark.parametrize("shape", [(2,), (1, 2), (3, 34), (5, 4, 66), (257, 130), (1000, 4096)])
+@pytest.mark.parametrize("shape", PACK_SHAPES + [(1000, 4096)])
 def test_pack_unpack_round_trip(backend, poisoned_outputs, shape):
-    q = torch.randint(0, 16, shape, dtype=torch.uint8)
-    packed = myq_kernels.pack_int4(q.to(CUDA))
-    assert packed.shape == (*shape[:-1], shape[-1] // 2) and packed.dtype == torch.uint8
-    assert torch.equal(packed.cpu(), reference.pack_int4(q))
-    assert torch.equal(myq_kernels.unpack_int4(packed).cpu(), q)
-    # odd offsets: the vector paths must fall back
-    if q.numel() > 64:
-        flat = q.reshape(-1)
-        assert torch.equal(myq_kernels.pack_int4(flat[2:66].to(CUDA)).cpu(), reference.pack_int4(flat[2:66]))
+    check_pack_unpack_round_trip(shape, CUDA)
+
+
+def test_pack_accepts_wider_integer_types(backend):
+    check_pack_accepts_wider_integer_types(CUDA)
 
 
 def test_ops_inside_torch_compile_on_cuda(monkeypatch):

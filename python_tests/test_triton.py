@@ -17,8 +17,9 @@ import torch
 
 import myq_kernels
 from myq_kernels import reference
-from op_cases import (assert_linear_close, int4_expected, int4_weight, int8_expected, int8_weight,
-                      make_bias, make_x)
+from op_cases import (DTYPES, INT8_OPS, LINEAR_OPS, PACK_SHAPES, check_empty_batch, check_int4_linear, check_int8_op,
+                      check_pack_accepts_wider_integer_types, check_pack_unpack_every_byte,
+                      check_pack_unpack_round_trip, check_params_in_other_dtypes, int4_weight, int8_weight)
 
 IN_INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -26,7 +27,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # Kept small: the interpreter runs every program in numpy (a 32^3 dot is a few ms).
 # (batch shape of x, N, K): M = 1, N = 1, K not a multiple of the 32-wide K block,
 # several batch dims, more rows than one M block, K spanning many blocks.
-LINEAR_SHAPES = [
+INTERPRETER_LINEAR_SHAPES = [
     ((1,), 1, 2),
     ((1,), 64, 64),
     ((1,), 33, 520),
@@ -39,7 +40,7 @@ LINEAR_SHAPES = [
 ]
 # (batch shape, N, K, group_size): group sizes 32 / 64 / 128 / K, groups that are not a
 # multiple of the K block (40, 100), K = group_size (one scale per channel).
-INT4_SHAPES = [
+INTERPRETER_INT4_SHAPES = [
     ((1,), 1, 64, 32),
     ((1,), 37, 256, 128),
     ((3,), 7, 96, 32),
@@ -49,7 +50,6 @@ INT4_SHAPES = [
     ((2, 9), 20, 384, 128),
     ((70,), 9, 64, 64),
 ]
-DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
 if not IN_INTERPRETER:
@@ -90,33 +90,12 @@ else:
         myq_kernels.unpack_int4(myq_kernels.pack_int4(torch.randint(0, 16, (4, 8))))
         assert called == ["int8_linear", "int8_linear_dynamic", "int4_linear", "pack_int4", "unpack_int4"]
 
-    @pytest.mark.parametrize("batch,n,k", LINEAR_SHAPES)
+    @pytest.mark.parametrize("op", INT8_OPS)
+    @pytest.mark.parametrize("batch,n,k", INTERPRETER_LINEAR_SHAPES)
     @pytest.mark.parametrize("dtype", DTYPES)
     @pytest.mark.parametrize("with_bias", [False, True])
-    def test_int8_linear(poisoned_outputs, batch, n, k, dtype, with_bias):
-        x = make_x(batch, k, dtype, contiguous=k % 3 != 0)
-        weight, scale = int8_weight(n, k)
-        bias = make_bias(n, with_bias)
-        y = myq_kernels.int8_linear(x, weight, scale, bias)
-        assert_linear_close(y, *int8_expected(x, weight, scale, bias), dtype)
-
-    @pytest.mark.parametrize("batch,n,k", LINEAR_SHAPES)
-    @pytest.mark.parametrize("dtype", DTYPES)
-    @pytest.mark.parametrize("with_bias", [False, True])
-    def test_int8_linear_dynamic(poisoned_outputs, batch, n, k, dtype, with_bias):
-        x = make_x(batch, k, dtype, contiguous=k % 3 != 0)
-        if x.numel() > k:
-            x[..., 0, :] = 0.0  # an all-zero token must not divide by zero
-        weight, scale = int8_weight(n, k)
-        bias = make_bias(n, with_bias)
-        y = myq_kernels.int8_linear_dynamic(x, weight, scale, bias)
-        expected = reference.int8_linear_dynamic(x.double(), weight, scale.double(),
-                                                 None if bias is None else bias.double())
-        q, row_scale = reference.quantize_per_token(x)
-        magnitude = (q.double().abs() @ weight.double().abs().T) * row_scale.double().unsqueeze(-1) * scale.double()
-        if bias is not None:
-            magnitude = magnitude + bias.double().abs()
-        assert_linear_close(y, expected, magnitude, dtype)
+    def test_int8_ops(poisoned_outputs, op, batch, n, k, dtype, with_bias):
+        check_int8_op(op, batch, n, k, dtype, with_bias)
 
     @pytest.mark.parametrize("dtype", DTYPES)
     def test_quantize_per_token_is_bit_exact(poisoned_outputs, dtype):
@@ -132,52 +111,26 @@ else:
         assert torch.equal(s, s_ref)
         assert torch.equal(q, q_ref)
 
-    @pytest.mark.parametrize("batch,n,k,group_size", INT4_SHAPES)
+    @pytest.mark.parametrize("batch,n,k,group_size", INTERPRETER_INT4_SHAPES)
     @pytest.mark.parametrize("dtype", DTYPES)
     @pytest.mark.parametrize("symmetric", [False, True])
     def test_int4_linear(poisoned_outputs, batch, n, k, group_size, dtype, symmetric):
-        x = make_x(batch, k, dtype, contiguous=n % 2 == 1)
-        packed, scales, zeros = int4_weight(n, k, group_size, symmetric)
-        bias = make_bias(n, with_bias=symmetric)
-        y = myq_kernels.int4_linear(x, packed, scales, zeros, group_size, bias)
-        assert_linear_close(y, *int4_expected(x, packed, scales, zeros, group_size, bias), dtype)
+        check_int4_linear(batch, n, k, group_size, dtype, symmetric)
 
-    @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+    @pytest.mark.parametrize("dtype", DTYPES)
     def test_scales_zeros_and_bias_in_other_dtypes(dtype):
-        x = torch.randn(3, 64)
-        weight, scale = int8_weight(8, 64)
-        bias = torch.randn(8)
-        y = myq_kernels.int8_linear(x, weight, scale.to(dtype), bias.to(dtype))
-        assert_linear_close(y, *int8_expected(x, weight, scale.to(dtype).float(), bias.to(dtype).float()),
-                            torch.float32)
-        packed, scales, zeros = int4_weight(8, 64, 32, symmetric=False)
-        y = myq_kernels.int4_linear(x, packed, scales.to(dtype), zeros.to(dtype), 32, bias.to(dtype))
-        expected = int4_expected(x, packed, scales.to(dtype).float(), zeros.to(dtype).float(), 32,
-                                 bias.to(dtype).float())
-        assert_linear_close(y, *expected, torch.float32)
+        check_params_in_other_dtypes(dtype)
 
-    @pytest.mark.parametrize("op", ["int8_linear", "int8_linear_dynamic", "int4_linear"])
+    @pytest.mark.parametrize("op", LINEAR_OPS)
     def test_empty_batch_gives_empty_result(op):
-        x = torch.randn(2, 0, 64)
-        if op == "int4_linear":
-            packed, scales, zeros = int4_weight(5, 64, 32, symmetric=False)
-            y = myq_kernels.int4_linear(x, packed, scales, zeros, 32)
-        else:
-            weight, scale = int8_weight(5, 64)
-            y = getattr(myq_kernels, op)(x, weight, scale)
-        assert y.shape == (2, 0, 5) and y.dtype == x.dtype
+        check_empty_batch(op)
 
     def test_pack_unpack_every_byte(poisoned_outputs):
-        every_byte = torch.arange(256, dtype=torch.uint8)
-        q = reference.unpack_int4(every_byte)
-        assert torch.equal(myq_kernels.unpack_int4(every_byte), q)
-        assert torch.equal(myq_kernels.pack_int4(q), every_byte)
+        check_pack_unpack_every_byte()
 
-    @pytest.mark.parametrize("shape", [(2,), (1, 2), (3, 34), (5, 4, 66), (257, 130)])
+    @pytest.mark.parametrize("shape", PACK_SHAPES)
     def test_pack_unpack_round_trip(poisoned_outputs, shape):
-        q = torch.randint(0, 16, shape, dtype=torch.uint8)
-        packed = myq_kernels.pack_int4(q)
-        assert packed.shape == (*shape[:-1], shape[-1] // 2) and packed.dtype == torch.uint8
-        assert torch.equal(packed, reference.pack_int4(q))
-        assert torch.equal(myq_kernels.unpack_int4(packed), q)
-        assert torch.equal(myq_kernels.pack_int4(q.to(torch.int64)), packed)
+        check_pack_unpack_round_trip(shape)
+
+    def test_pack_accepts_wider_integer_types():
+        check_pack_accepts_wider_integer_types()
