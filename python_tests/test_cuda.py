@@ -79,15 +79,15 @@ def test_int4_linear(backend, poisoned_outputs, batch, n, k, group_size, dtype, 
 def test_misaligned_x_view(backend, op, dtype):
     """x starting 2 bytes into its storage: the vectorized paths must not assume alignment."""
     k = 256
-    x = torch.randn(7, k + 1).to(dtype)[:, 1:]
+    x = torch.randn(7, k + 1, device=CUDA).to(dtype)[:, 1:]  # sliced on the GPU: .to(CUDA) would copy it aligned
     if op == "int4_linear":
         packed, scales, zeros = int4_weight(40, k, 64, symmetric=False)
-        y = myq_kernels.int4_linear(*cuda(x, packed, scales, zeros), 64)
-        assert_linear_close(y.cpu(), *int4_expected(x, packed, scales, zeros, 64, None), dtype)
+        y = myq_kernels.int4_linear(x, *cuda(packed, scales, zeros), 64)
+        assert_linear_close(y.cpu(), *int4_expected(x.cpu(), packed, scales, zeros, 64, None), dtype)
     else:
         weight, scale = int8_weight(40, k)
-        y = getattr(myq_kernels, op)(*cuda(x, weight, scale))
-        expected = getattr(reference, op)(x.double(), weight, scale.double())
+        y = getattr(myq_kernels, op)(x, *cuda(weight, scale))
+        expected = getattr(reference, op)(x.cpu().double(), weight, scale.double())
         assert torch.allclose(y.cpu().double(), expected, rtol=2e-2, atol=5e-2 * expected.abs().max().item())
 
 
