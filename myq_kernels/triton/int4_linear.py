@@ -11,7 +11,8 @@ reads one scale (and zero) per column, else one per element (gathered, L1-reside
 import torch
 import triton.language as tl
 
-from ._common import as_compute, grid_2d, interpreted, kernel, linear_blocks, rows
+from ._common import (as_compute, as_result, grid_2d, interpreted, kernel, linear_blocks, linear_output,
+                      output_tile, rows, store_output_tile, vectors)
 
 
 def _w4a16_kernel(x_ptr, p_ptr, s_ptr, z_ptr, b_ptr, out_ptr, M, N, K, G, group_size,
@@ -19,14 +20,9 @@ def _w4a16_kernel(x_ptr, p_ptr, s_ptr, z_ptr, b_ptr, out_ptr, M, N, K, G, group_
                   HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr, F32_DOT: tl.constexpr,
                   GROUP_PER_TILE: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(1)
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rm, rn, m_ok, n_ok = output_tile(M, N, BLOCK_M, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
     rb = tl.arange(0, BLOCK_K // 2)
-    m_ok = rm < M
-    n_ok = rn < N
     half_k = K // 2
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
@@ -59,11 +55,7 @@ def _w4a16_kernel(x_ptr, p_ptr, s_ptr, z_ptr, b_ptr, out_ptr, M, N, K, G, group_
             acc += tl.dot(x.to(tl.float32), w, input_precision="ieee")
         else:
             acc += tl.dot(x, w.to(x.dtype))
-    y = acc
-    if HAS_BIAS:
-        y += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    tl.store(out_ptr + rm[:, None] * stride_om + rn[None, :], y.to(out_ptr.dtype.element_ty),
-             mask=m_ok[:, None] & n_ok[None, :])
+    store_output_tile(out_ptr, acc, b_ptr, rm, rn, m_ok, n_ok, stride_om, HAS_BIAS)
 
 
 _W4A16 = kernel(_w4a16_kernel)
@@ -76,22 +68,15 @@ def int4_linear(x, packed, scales, zeros, group_size, bias=None):
     interp = interpreted(x)
     x2 = as_compute(rows(x), interp)
     m = x2.shape[0]
-    out = torch.empty((m, n), dtype=x2.dtype, device=x.device)
-    if m and n:
-        if k == 0:
-            out.zero_()
-            if bias is not None:
-                out += bias.to(out.dtype)
-        else:
-            p = packed.contiguous()
-            s = as_compute(scales.contiguous(), interp)
-            z = as_compute(zeros.contiguous(), interp) if zeros is not None else None
-            b = as_compute(bias.contiguous(), interp) if bias is not None else None
-            bm, bn, bk, warps, stages = linear_blocks(m, n, interp, bk_max=64)
-            _W4A16.on(x.device)[grid_2d(m, n, bm, bn)](
-                x2, p, s, z if z is not None else s, b if b is not None else s, out,
-                m, n, k, k // group_size, group_size, x2.stride(0), p.stride(0), out.stride(0),
-                HAS_ZEROS=z is not None, HAS_BIAS=b is not None, F32_DOT=x2.dtype == torch.float32,
-                GROUP_PER_TILE=group_size % bk == 0,
-                BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages)
-    return out.to(x.dtype).reshape(*x.shape[:-1], n)
+    out, launch = linear_output(x, m, n, bias, x2.dtype)
+    if launch:
+        p = packed.contiguous()
+        s, z, b = vectors(interp, scales, zeros, bias)
+        bm, bn, bk, warps, stages = linear_blocks(m, n, interp, bk_max=64)
+        _W4A16.on(x.device)[grid_2d(m, n, bm, bn)](
+            x2, p, s, z if z is not None else s, b if b is not None else s, out,
+            m, n, k, k // group_size, group_size, x2.stride(0), p.stride(0), out.stride(0),
+            HAS_ZEROS=z is not None, HAS_BIAS=b is not None, F32_DOT=x2.dtype == torch.float32,
+            GROUP_PER_TILE=group_size % bk == 0,
+            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages)
+    return as_result(out, x)

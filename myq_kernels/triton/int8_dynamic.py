@@ -9,7 +9,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import as_compute, grid_2d, interpreted, kernel, rows
+from ._common import (as_compute, as_result, grid_2d, interpreted, kernel, linear_blocks, linear_output,
+                      output_tile, rows, store_output_tile, vectors)
 
 
 def _quantize_rows_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_qm, BLOCK: tl.constexpr):
@@ -38,13 +39,8 @@ def _quantize_rows_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_qm, BLOCK: t
 def _int8_gemm_kernel(q_ptr, w_ptr, rs_ptr, cs_ptr, b_ptr, out_ptr, M, N, K, stride_qm, stride_wn, stride_om,
                       HAS_BIAS: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(1)
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rm, rn, m_ok, n_ok = output_tile(M, N, BLOCK_M, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
-    m_ok = rm < M
-    n_ok = rn < N
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     for k0 in range(0, K, BLOCK_K):
         kk = k0 + rk
@@ -55,10 +51,7 @@ def _int8_gemm_kernel(q_ptr, w_ptr, rs_ptr, cs_ptr, b_ptr, out_ptr, M, N, K, str
     rs = tl.load(rs_ptr + rm, mask=m_ok, other=0.0)
     cs = tl.load(cs_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)
     y = acc.to(tl.float32) * rs[:, None] * cs[None, :]
-    if HAS_BIAS:
-        y += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    tl.store(out_ptr + rm[:, None] * stride_om + rn[None, :], y.to(out_ptr.dtype.element_ty),
-             mask=m_ok[:, None] & n_ok[None, :])
+    store_output_tile(out_ptr, y, b_ptr, rm, rn, m_ok, n_ok, stride_om, HAS_BIAS)
 
 
 _QUANTIZE = kernel(_quantize_rows_kernel)
@@ -92,25 +85,12 @@ def int8_linear_dynamic(x, weight, scale, bias=None):
     rs = rs.reshape(-1)
     m = q.shape[0]
     out_dtype = torch.float32 if (interp and x.dtype == torch.bfloat16) else x.dtype
-    out = torch.empty((m, n), dtype=out_dtype, device=x.device)
-    if m and n:
-        if k == 0:
-            out.zero_()
-            if bias is not None:
-                out += bias.to(out.dtype)
-        else:
-            w = weight.contiguous()
-            cs = as_compute(scale.contiguous(), interp)
-            b = as_compute(bias.contiguous(), interp) if bias is not None else None
-            if interp:
-                bm, bn, bk, warps, stages = (16 if m <= 16 else 32), 32, 32, 4, 1
-            elif m <= 16:
-                bm, bn, bk, warps, stages = 16, 64, 128, 4, 4
-            elif m <= 64:
-                bm, bn, bk, warps, stages = 64, 64, 128, 4, 4
-            else:
-                bm, bn, bk, warps, stages = 128, 128, 128, 8, 3
-            _GEMM.on(x.device)[grid_2d(m, n, bm, bn)](
-                q, w, rs, cs, b if b is not None else cs, out, m, n, k, q.stride(0), w.stride(0), out.stride(0),
-                HAS_BIAS=b is not None, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages)
-    return out.to(x.dtype).reshape(*x.shape[:-1], n)
+    out, launch = linear_output(x, m, n, bias, out_dtype)
+    if launch:
+        w = weight.contiguous()
+        cs, b = vectors(interp, scale, bias)
+        bm, bn, bk, warps, stages = linear_blocks(m, n, interp, bk_max=128)
+        _GEMM.on(x.device)[grid_2d(m, n, bm, bn)](
+            q, w, rs, cs, b if b is not None else cs, out, m, n, k, q.stride(0), w.stride(0), out.stride(0),
+            HAS_BIAS=b is not None, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages)
+    return as_result(out, x)

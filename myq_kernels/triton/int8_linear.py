@@ -5,22 +5,17 @@ in registers (exact: |q| <= 127) and multiplied on tensor cores with float32
 accumulation (float32 x: IEEE float32 dot, no TF32). Scale and bias in the epilogue.
 """
 import torch
-import triton
 import triton.language as tl
 
-from ._common import as_compute, grid_2d, interpreted, kernel, linear_blocks, rows
+from ._common import (as_compute, as_result, grid_2d, interpreted, kernel, linear_blocks, linear_output,
+                      output_tile, rows, store_output_tile, vectors)
 
 
 def _w8a16_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, M, N, K, stride_xm, stride_wn, stride_om,
                   HAS_BIAS: tl.constexpr, F32_DOT: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(1)
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rm, rn, m_ok, n_ok = output_tile(M, N, BLOCK_M, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
-    m_ok = rm < M
-    n_ok = rn < N
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         kk = k0 + rk
@@ -33,10 +28,7 @@ def _w8a16_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, M, N, K, stride_xm, strid
             acc += tl.dot(x, w.to(x.dtype))
     s = tl.load(s_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)
     y = acc * s[None, :]
-    if HAS_BIAS:
-        y += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    tl.store(out_ptr + rm[:, None] * stride_om + rn[None, :], y.to(out_ptr.dtype.element_ty),
-             mask=m_ok[:, None] & n_ok[None, :])
+    store_output_tile(out_ptr, y, b_ptr, rm, rn, m_ok, n_ok, stride_om, HAS_BIAS)
 
 
 _W8A16 = kernel(_w8a16_kernel)
@@ -48,19 +40,13 @@ def int8_linear(x, weight, scale, bias=None):
     interp = interpreted(x)
     x2 = as_compute(rows(x), interp)
     m = x2.shape[0]
-    out = torch.empty((m, n), dtype=x2.dtype, device=x.device)
-    if m and n:
-        if k == 0:
-            out.zero_()
-            if bias is not None:
-                out += bias.to(out.dtype)
-        else:
-            w = weight.contiguous()
-            s = as_compute(scale.contiguous(), interp)
-            b = as_compute(bias.contiguous(), interp) if bias is not None else None
-            bm, bn, bk, warps, stages = linear_blocks(m, n, interp, bk_max=64)
-            _W8A16.on(x.device)[grid_2d(m, n, bm, bn)](
-                x2, w, s, b if b is not None else s, out, m, n, k, x2.stride(0), w.stride(0), out.stride(0),
-                HAS_BIAS=b is not None, F32_DOT=x2.dtype == torch.float32,
-                BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages)
-    return out.to(x.dtype).reshape(*x.shape[:-1], n)
+    out, launch = linear_output(x, m, n, bias, x2.dtype)
+    if launch:
+        w = weight.contiguous()
+        s, b = vectors(interp, scale, bias)
+        bm, bn, bk, warps, stages = linear_blocks(m, n, interp, bk_max=64)
+        _W8A16.on(x.device)[grid_2d(m, n, bm, bn)](
+            x2, w, s, b if b is not None else s, out, m, n, k, x2.stride(0), w.stride(0), out.stride(0),
+            HAS_BIAS=b is not None, F32_DOT=x2.dtype == torch.float32,
+            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages)
+    return as_result(out, x)
