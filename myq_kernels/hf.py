@@ -89,8 +89,8 @@ class MyqConfig(QuantizationConfigMixin):
     symmetric   int4 without zero points (default False: asymmetric)
     exclude     module names / fnmatch patterns left in float (default ["lm_head"])
     threshold   llm_int8: the outlier magnitude (default None: 6.0)
-    modules     filled in when a model is quantized: {layer name: QuantizedLinear.config(), i.e.
-                scheme, bias, group_size / symmetric (w4a16), threshold (llm_int8)}; a saved
+    modules     filled in when a model is quantized (model.quantized_layout): {layer name:
+                {scheme, bias, group_size / symmetric (w4a16), threshold (llm_int8)}}; a saved
                 checkpoint is rebuilt from it exactly
     transforms  filled in when a model was changed by calibration transforms (outlier shift,
                 explicit smoothing): {module name: spec}, see myq_kernels.model.transform_layout

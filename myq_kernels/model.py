@@ -211,8 +211,11 @@ def quantize_model(model: nn.Module, scheme="w8a16", exclude=("lm_head",), group
 
 
 def quantized_layout(model: nn.Module) -> dict:
-    """{module name: QuantizedLinear.config()} for every quantized layer of the model."""
-    return {name: m.config() for name, m in model.named_modules() if isinstance(m, QuantizedLinear)}
+    """{module name: QuantizedLinear.config() + {"bias": bool}} for every quantized layer of the
+    model: what rebuilds its skeleton (a layer may carry a bias its float original lacked, e.g.
+    after outlier shift, so the checkpoint records it)."""
+    return {name: dict(m.config(), bias=m.bias is not None)
+            for name, m in model.named_modules() if isinstance(m, QuantizedLinear)}
 
 
 # Set on a float nn.Linear by a transform that gave it a bias it did not have (outlier shift).

@@ -320,10 +320,10 @@ class QuantizedLinear(nn.Module):
         return text
 
     def config(self) -> dict:
-        """What rebuilds this layer's empty skeleton (used by the Hugging Face integration):
-        scheme, bias (a layer may carry a bias its float original lacked, e.g. after outlier
-        shift), group_size / symmetric (w4a16), the scheme's options (llm_int8: threshold)."""
-        out = {"scheme": self.scheme, "bias": self.bias is not None}
+        """This layer's quantization options: scheme, group_size / symmetric (w4a16), the
+        scheme's options (llm_int8: threshold). With the bias flag (`model.quantized_layout`)
+        it rebuilds the layer's empty skeleton (used by the Hugging Face integration)."""
+        out = {"scheme": self.scheme}
         if self.spec.uses_group_size:
             out.update(group_size=self.group_size, symmetric=self.symmetric)
         for name in self.spec.extra:

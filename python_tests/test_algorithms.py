@@ -564,8 +564,10 @@ def test_llm_int8_threshold_bad_arguments():
     # a non-llm_int8 layer of a mixed plan ignores the global threshold, like group_size
     m = quantize_model(tiny_llama(layers=1), {"*.q_proj": "llm_int8", "*": "w8a8"}, threshold=3.0)
     q = m.model.layers[0].self_attn
-    assert q.q_proj.config() == {"scheme": "llm_int8", "bias": False, "threshold": 3.0}
-    assert q.k_proj.config() == {"scheme": "w8a8", "bias": False}
+    assert q.q_proj.config() == {"scheme": "llm_int8", "threshold": 3.0}
+    assert q.k_proj.config() == {"scheme": "w8a8"}
+    layout = myq_kernels.model.quantized_layout(m)
+    assert layout["model.layers.0.self_attn.q_proj"] == {"scheme": "llm_int8", "threshold": 3.0, "bias": False}
 
 
 def test_bad_transforms_in_checkpoint_config(tmp_path):

@@ -22,7 +22,8 @@ SCHEMES = ("w8a16", "w8a8", "w4a16")
 
 
 def _quantized(model):
-    return {n: m.config() for n, m in model.named_modules() if isinstance(m, QuantizedLinear)}
+    """{layer: options incl. bias}: the layout the checkpoint's quantization_config records."""
+    return myq.model.quantized_layout(model)
 
 
 def _safetensors_dtypes(folder):
