@@ -76,26 +76,15 @@ void check_x(const at::Tensor& x, const char* op) {
   TORCH_CHECK(x.dim() >= 1, "myq::", op, ": x must have at least one dimension [..., K]");
 }
 
-// A float vector of length n as contiguous float32 (null tensor when absent).
-at::Tensor float_vector(const std::optional<at::Tensor>& t, int64_t n, const char* op,
-                        const char* name) {
+// A float scale / zero-point / bias tensor of the given shape ([N], or [N, K / group_size])
+// as contiguous float32, the kernels' one input type (undefined when absent).
+at::Tensor float_param(const std::optional<at::Tensor>& t, at::IntArrayRef shape, const char* op,
+                       const char* name) {
   if (!t.has_value() || !t->defined()) return at::Tensor();
   check_cpu(*t, op, name);
   TORCH_CHECK(is_float_dtype(t->scalar_type()), "myq::", op, ": ", name,
               " must be float32, bfloat16 or float16, got ", t->scalar_type());
-  TORCH_CHECK(t->dim() == 1 && t->size(0) == n, "myq::", op, ": ", name, " must have shape [",
-              n, "] (one per output channel), got ", t->sizes());
-  return t->to(at::kFloat).contiguous();
-}
-
-at::Tensor float_matrix(const std::optional<at::Tensor>& t, int64_t rows, int64_t cols,
-                        const char* op, const char* name) {
-  if (!t.has_value() || !t->defined()) return at::Tensor();
-  check_cpu(*t, op, name);
-  TORCH_CHECK(is_float_dtype(t->scalar_type()), "myq::", op, ": ", name,
-              " must be float32, bfloat16 or float16, got ", t->scalar_type());
-  TORCH_CHECK(t->dim() == 2 && t->size(0) == rows && t->size(1) == cols, "myq::", op, ": ",
-              name, " must have shape [", rows, ", ", cols, "] ([N, K / group_size]), got ",
+  TORCH_CHECK(t->sizes() == shape, "myq::", op, ": ", name, " must have shape ", shape, ", got ",
               t->sizes());
   return t->to(at::kFloat).contiguous();
 }
@@ -109,6 +98,12 @@ std::vector<int64_t> out_shape(const at::Tensor& x, int64_t n) {
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
   shape.back() = n;
   return shape;
+}
+
+// The float32 [M, N] result the kernels write, M = x's rows (all dimensions but the last).
+at::Tensor float_result(const at::Tensor& x, int64_t n) {
+  const int64_t M = c10::multiply_integers(x.sizes().begin(), x.sizes().end() - 1);
+  return at::empty({M, n}, x.options().dtype(at::kFloat));
 }
 
 // y float32 [M, N] -> x's dtype, shape [..., N].
@@ -152,10 +147,26 @@ void parallel_cols(int64_t N, int64_t work_per_col, const Fn& fn) {
   });
 }
 
+// fn(m0, m1, n0, n1) over the (tile_m rows x tile_n columns) blocks of an [M, N] output, as
+// tasks spread over the threads; column blocks outermost, so consecutive tasks share weights.
+template <typename Fn>
+void parallel_tiles(int64_t M, int64_t N, int64_t tile_m, int64_t tile_n, const Fn& fn) {
+  const int64_t nblocks = (N + tile_n - 1) / tile_n;
+  const int64_t mblocks = (M + tile_m - 1) / tile_m;
+  at::parallel_for(0, nblocks * mblocks, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n0 = t / mblocks * tile_n, m0 = t % mblocks * tile_m;
+      fn(m0, std::min(M, m0 + tile_m), n0, std::min(N, n0 + tile_n));
+    }
+  });
+}
+
 // Large-M path: y[:, n0:n1] = (x @ tile.T) * colscale + bias with tile = dequant(n0, n1)
 // (rows of W in x's compute dtype, float32 or bfloat16). xt is x transposed, [K, M]
 // contiguous: MKL / oneDNN run tile @ xt (an "NN" product) markedly faster than
 // x @ tile.T for float32, so the per-task product is acc[nl, ml] = tile @ xt[:, m0:m1].
+// Its own task loop rather than parallel_tiles: a thread keeps its dequantized tile while
+// its consecutive tasks stay in one column block.
 template <typename T, typename Dequant>
 void tiled_mm(const at::Tensor& xt, int64_t N, const Dequant& dequant, const float* colscale,
               const float* bias, float* y) {
@@ -211,29 +222,27 @@ void amx_bf16_grid(const at::Tensor& x2, int64_t N, const Fn& fn) {
     amx_pack_rows(src, 2 * K, M, dst, b0, b1);
   });
   const c10::BFloat16* xpp = xp.const_data_ptr<c10::BFloat16>();
-  const int64_t nblocks = (N + kAmxTileN - 1) / kAmxTileN;
-  const int64_t mblocks = (M + kTileM - 1) / kTileM;
-  at::parallel_for(0, nblocks * mblocks, 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t nb = t / mblocks, mb = t % mblocks;
-      const int64_t n0 = nb * kAmxTileN, n1 = std::min(N, n0 + kAmxTileN);
-      const int64_t m0 = mb * kTileM, m1 = std::min(M, m0 + kTileM);
-      fn(xpp, m0, m1, n0, n1);
-    }
+  parallel_tiles(M, N, kTileM, kAmxTileN, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+    fn(xpp, m0, m1, n0, n1);
   });
 }
 
-// int8 weight [N, K] whose K matches x's last dimension.
-void check_int8_weight(const at::Tensor& weight, const at::Tensor& x,
-                                              const char* op) {
+// The checks of both int8 ops: x float [..., K], weight int8 [N, K], scale and bias float
+// [N]. Returns scale and bias as contiguous float32 (bias undefined when absent).
+std::pair<at::Tensor, at::Tensor> check_int8_args(const at::Tensor& x, const at::Tensor& weight,
+                                                  const at::Tensor& scale,
+                                                  const std::optional<at::Tensor>& bias,
+                                                  const char* op) {
+  check_x(x, op);
   check_cpu(weight, op, "weight");
   TORCH_CHECK(weight.scalar_type() == at::kChar, "myq::", op, ": weight must be int8, got ",
               weight.scalar_type());
   TORCH_CHECK(weight.dim() == 2, "myq::", op, ": weight must be 2-D [N, K], got ",
               weight.sizes());
-  const int64_t N = weight.size(0), K = weight.size(1);
-  TORCH_CHECK(x.size(-1) == K, "myq::", op, ": x.shape[-1] (", x.size(-1),
-              ") must equal weight.shape[1] (K=", K, ")");
+  TORCH_CHECK(x.size(-1) == weight.size(1), "myq::", op, ": x.shape[-1] (", x.size(-1),
+              ") must equal weight.shape[1] (K=", weight.size(1), ")");
+  const int64_t N = weight.size(0);
+  return {float_param(scale, {N}, op, "scale"), float_param(bias, {N}, op, "bias")};
 }
 
 bool use_amx_bf16(Isa isa, const at::Tensor& x, int64_t M, int64_t K, int64_t min_m) {
@@ -244,32 +253,28 @@ bool use_amx_bf16(Isa isa, const at::Tensor& x, int64_t M, int64_t K, int64_t mi
 // ---------------------------------------------------------------- ops
 at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& weight,
                            const at::Tensor& scale, const std::optional<at::Tensor>& bias) {
-  constexpr const char* op = "int8_linear";
-  check_x(x, op);
-  check_int8_weight(weight, x, op);
+  const auto [s, b] = check_int8_args(x, weight, scale, bias, "int8_linear");
   const int64_t N = weight.size(0), K = weight.size(1);
-  at::Tensor s = float_vector(scale, N, op, "scale");
-  at::Tensor b = float_vector(bias, N, op, "bias");
-  const int64_t rows = c10::multiply_integers(x.sizes().begin(), x.sizes().end() - 1);
-  at::Tensor y = at::empty({rows, N}, x.options().dtype(at::kFloat));
-  if (rows == 0 || N == 0) return finish(y, x, N);
+  at::Tensor y = float_result(x, N);
+  const int64_t M = y.size(0);
+  if (y.numel() == 0) return finish(y, x, N);
   const at::Tensor w = weight.contiguous();
   const Isa isa = cpu_isa(), vec = vector_isa(isa);
-  const at::Tensor x2 = x.reshape({rows, K});
+  const at::Tensor x2 = x.reshape({M, K});
   const float* sp = s.const_data_ptr<float>();
   const float* bp = ptr_or_null<float>(b);
   float* yp = y.mutable_data_ptr<float>();
   const int8_t* wp = w.const_data_ptr<int8_t>();
-  if (use_amx_bf16(isa, x, rows, K, kAmxMinM)) {
+  if (use_amx_bf16(isa, x, M, K, kAmxMinM)) {
     amx_bf16_grid(x2, N, [&](const c10::BFloat16* xp, int64_t m0, int64_t m1, int64_t n0,
                              int64_t n1) {
-      int8_linear_amx_bf16(xp, K, wp, sp, bp, yp, N, rows, N, m0, m1, n0, n1);
+      int8_linear_amx_bf16(xp, K, wp, sp, bp, yp, N, M, N, m0, m1, n0, n1);
     });
-  } else if (rows <= small_m_limit(x)) {
+  } else if (M <= small_m_limit(x)) {
     const at::Tensor xf = x2.to(at::kFloat).contiguous();
     const float* xp = xf.const_data_ptr<float>();
-    parallel_cols(N, rows * K, [&](int64_t n0, int64_t n1) {
-      int8_gemv(vec, xp, rows, K, wp, sp, bp, yp, N, n0, n1);
+    parallel_cols(N, M * K, [&](int64_t n0, int64_t n1) {
+      int8_gemv(vec, xp, M, K, wp, sp, bp, yp, N, n0, n1);
     });
   } else if (x.scalar_type() == at::kBFloat16) {
     const at::Tensor xt = x2.t().contiguous();
@@ -288,15 +293,11 @@ at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& weight,
 at::Tensor int8_linear_dynamic_cpu(const at::Tensor& x, const at::Tensor& weight,
                                    const at::Tensor& scale,
                                    const std::optional<at::Tensor>& bias) {
-  constexpr const char* op = "int8_linear_dynamic";
-  check_x(x, op);
-  check_int8_weight(weight, x, op);
+  const auto [s, b] = check_int8_args(x, weight, scale, bias, "int8_linear_dynamic");
   const int64_t N = weight.size(0), K = weight.size(1);
-  at::Tensor s = float_vector(scale, N, op, "scale");
-  at::Tensor b = float_vector(bias, N, op, "bias");
-  const int64_t M = c10::multiply_integers(x.sizes().begin(), x.sizes().end() - 1);
-  at::Tensor y = at::empty({M, N}, x.options().dtype(at::kFloat));
-  if (M == 0 || N == 0) return finish(y, x, N);
+  at::Tensor y = float_result(x, N);
+  const int64_t M = y.size(0);
+  if (y.numel() == 0) return finish(y, x, N);
   const Isa isa = cpu_isa(), vec = vector_isa(isa);
   const at::Tensor w = weight.contiguous();
   const at::Tensor xf = x.reshape({M, K}).to(at::kFloat).contiguous();
@@ -325,15 +326,9 @@ at::Tensor int8_linear_dynamic_cpu(const at::Tensor& x, const at::Tensor& weight
       amx_pack_q(qp, ldq, M, K, qpp, b0, b1);
     });
     const int64_t n16 = N / kAmxTile * kAmxTile;
-    const int64_t nblocks = (n16 + kDynTileN - 1) / kDynTileN;
-    const int64_t mblocks = (M + kDynTileM - 1) / kDynTileM;
-    at::parallel_for(0, nblocks * mblocks, 1, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        const int64_t nb = t / mblocks, mb = t % mblocks;
-        const int64_t n0 = nb * kDynTileN, n1 = std::min(n16, n0 + kDynTileN);
-        const int64_t m0 = mb * kDynTileM, m1 = std::min(M, m0 + kDynTileM);
-        int8_gemm_amx(qpp, rsp, K, wp, sp, bp, yp, N, M, m0, m1, n0, n1);
-      }
+    parallel_tiles(M, n16, kDynTileM, kDynTileN, [&](int64_t m0, int64_t m1, int64_t n0,
+                                                     int64_t n1) {
+      int8_gemm_amx(qpp, rsp, K, wp, sp, bp, yp, N, M, m0, m1, n0, n1);
     });
     if (n16 < N) {
       at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
@@ -345,15 +340,8 @@ at::Tensor int8_linear_dynamic_cpu(const at::Tensor& x, const at::Tensor& weight
       int8_gemm_dynamic(vec, qp, ldq, rsp, qsp, K, wp, sp, bp, yp, N, 0, M, n0, n1);
     });
   } else {
-    const int64_t nblocks = (N + kDynTileN - 1) / kDynTileN;
-    const int64_t mblocks = (M + kDynTileM - 1) / kDynTileM;
-    at::parallel_for(0, nblocks * mblocks, 1, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        const int64_t nb = t / mblocks, mb = t % mblocks;
-        const int64_t n0 = nb * kDynTileN, n1 = std::min(N, n0 + kDynTileN);
-        const int64_t m0 = mb * kDynTileM, m1 = std::min(M, m0 + kDynTileM);
-        int8_gemm_dynamic(vec, qp, ldq, rsp, qsp, K, wp, sp, bp, yp, N, m0, m1, n0, n1);
-      }
+    parallel_tiles(M, N, kDynTileM, kDynTileN, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+      int8_gemm_dynamic(vec, qp, ldq, rsp, qsp, K, wp, sp, bp, yp, N, m0, m1, n0, n1);
     });
   }
   return finish(y, x, N);
@@ -377,12 +365,12 @@ at::Tensor int4_linear_cpu(const at::Tensor& x, const at::Tensor& packed,
               ") must be a positive even divisor of K (", K, ")");
   const int64_t G = K / group_size;
   TORCH_CHECK(scales.defined(), "myq::int4_linear: scales must be a tensor");
-  at::Tensor s = float_matrix(scales, N, G, op, "scales");
-  at::Tensor z = float_matrix(zeros, N, G, op, "zeros");
-  at::Tensor b = float_vector(bias, N, op, "bias");
-  const int64_t M = c10::multiply_integers(x.sizes().begin(), x.sizes().end() - 1);
-  at::Tensor y = at::empty({M, N}, x.options().dtype(at::kFloat));
-  if (M == 0 || N == 0) return finish(y, x, N);
+  at::Tensor s = float_param(scales, {N, G}, op, "scales");
+  at::Tensor z = float_param(zeros, {N, G}, op, "zeros");
+  at::Tensor b = float_param(bias, {N}, op, "bias");
+  at::Tensor y = float_result(x, N);
+  const int64_t M = y.size(0);
+  if (y.numel() == 0) return finish(y, x, N);
   const Isa isa = cpu_isa(), vec = vector_isa(isa);
   const at::Tensor p = packed.contiguous();
   const uint8_t* pp = p.const_data_ptr<uint8_t>();
@@ -421,46 +409,39 @@ at::Tensor int4_linear_cpu(const at::Tensor& x, const at::Tensor& packed,
   return finish(y, x, N);
 }
 
-at::Tensor pack_int4_cpu(const at::Tensor& q) {
-  check_cpu(q, "pack_int4", "q");
-  TORCH_CHECK(q.scalar_type() == at::kByte, "myq::pack_int4: q must be uint8 (values 0..15), got ",
-              q.scalar_type());
-  TORCH_CHECK(q.dim() >= 1 && q.size(-1) % 2 == 0,
-              "myq::pack_int4: q.shape[-1] must be even, got shape ", q.sizes());
-  std::vector<int64_t> shape(q.sizes().begin(), q.sizes().end());
-  shape.back() /= 2;
-  at::Tensor out = at::empty(shape, q.options());
-  const int64_t n = out.numel();
-  if (n == 0) return out;
-  const at::Tensor qc = q.contiguous();
-  const uint8_t* src = qc.const_data_ptr<uint8_t>();
-  uint8_t* dst = out.mutable_data_ptr<uint8_t>();
-  const Isa isa = cpu_isa(), vec = vector_isa(isa);
-  at::parallel_for(0, n, 1 << 18, [&](int64_t i0, int64_t i1) {
-    pack_int4(vec, src + 2 * i0, dst + i0, i1 - i0);
+// pack_int4 (q: two codes per output byte) and unpack_int4 (packed: two codes out of each
+// byte). The output is the input with its last dimension halved or doubled; threads split
+// the packed bytes.
+at::Tensor repack_int4(const at::Tensor& in, bool pack) {
+  const char* op = pack ? "pack_int4" : "unpack_int4";
+  const char* name = pack ? "q" : "packed";
+  check_cpu(in, op, name);
+  TORCH_CHECK(in.scalar_type() == at::kByte, "myq::", op, ": ", name, " must be uint8, got ",
+              in.scalar_type());
+  TORCH_CHECK(in.dim() >= 1 && (!pack || in.size(-1) % 2 == 0), "myq::", op, ": ", name,
+              pack ? ".shape[-1] must be even" : " must have at least one dimension",
+              ", got shape ", in.sizes());
+  std::vector<int64_t> shape(in.sizes().begin(), in.sizes().end());
+  shape.back() = pack ? shape.back() / 2 : shape.back() * 2;
+  at::Tensor out = at::empty(shape, in.options());
+  const int64_t bytes = pack ? out.numel() : in.numel();
+  if (bytes == 0) return out;
+  const at::Tensor src = in.contiguous();
+  const uint8_t* sp = src.const_data_ptr<uint8_t>();
+  uint8_t* dp = out.mutable_data_ptr<uint8_t>();
+  const Isa vec = vector_isa(cpu_isa());
+  at::parallel_for(0, bytes, 1 << 18, [&](int64_t i0, int64_t i1) {
+    if (pack) {
+      pack_int4(vec, sp + 2 * i0, dp + i0, i1 - i0);
+    } else {
+      unpack_int4(vec, sp + i0, dp + 2 * i0, i1 - i0);
+    }
   });
   return out;
 }
 
-at::Tensor unpack_int4_cpu(const at::Tensor& packed) {
-  check_cpu(packed, "unpack_int4", "packed");
-  TORCH_CHECK(packed.scalar_type() == at::kByte, "myq::unpack_int4: packed must be uint8, got ",
-              packed.scalar_type());
-  TORCH_CHECK(packed.dim() >= 1, "myq::unpack_int4: packed must have at least one dimension");
-  std::vector<int64_t> shape(packed.sizes().begin(), packed.sizes().end());
-  shape.back() *= 2;
-  at::Tensor out = at::empty(shape, packed.options());
-  const int64_t n = packed.numel();
-  if (n == 0) return out;
-  const at::Tensor pc = packed.contiguous();
-  const uint8_t* src = pc.const_data_ptr<uint8_t>();
-  uint8_t* dst = out.mutable_data_ptr<uint8_t>();
-  const Isa isa = cpu_isa(), vec = vector_isa(isa);
-  at::parallel_for(0, n, 1 << 18, [&](int64_t i0, int64_t i1) {
-    unpack_int4(vec, src + i0, dst + 2 * i0, i1 - i0);
-  });
-  return out;
-}
+at::Tensor pack_int4_cpu(const at::Tensor& q) { return repack_int4(q, /*pack=*/true); }
+at::Tensor unpack_int4_cpu(const at::Tensor& packed) { return repack_int4(packed, /*pack=*/false); }
 
 }  // namespace
 }  // namespace myq
