@@ -76,6 +76,7 @@ def build(method, base, calib, stats, args):
         return quantize_model(model, "w4a16", **g4, **common)
     if method == "w4a16_g128_gptq":
         return gptq_quantize_model(model, calib, "w4a16", act_order=bool(args.act_order), exclude=("lm_head",),
+                                   percdamp=args.percdamp, clip_search=bool(args.clip_search),
                                    progress=args.progress, **g4)
     raise ValueError(method)
 
@@ -227,6 +228,8 @@ def main(argv=None):
     p.add_argument("--sentences", type=int, default=64, help="MiniLM eval sentences")
     p.add_argument("--alpha", type=float, default=0.5, help="SmoothQuant migration strength")
     p.add_argument("--act-order", type=int, choices=(0, 1), default=1, help="GPTQ act-order (default: 1)")
+    p.add_argument("--percdamp", type=float, default=0.01, help="GPTQ damping (fraction of mean diag H)")
+    p.add_argument("--clip-search", type=int, choices=(0, 1), default=0, help="GPTQ clipped-range search")
     p.add_argument("--eval-articles", type=int, default=30, help="last N Wikipedia articles held out for eval")
     p.add_argument("--skip-minilm", action="store_true")
     p.add_argument("--skip-smollm2", action="store_true")

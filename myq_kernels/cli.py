@@ -356,12 +356,12 @@ def quantize_cmd(args):
     symmetric = args.symmetric or None
     if args.method == "rtn":
         quantize_model(model, scheme=scheme, exclude=tuple(args.exclude),
-                       group_size=args.group_size, symmetric=symmetric, progress=True)
+                       group_size=args.group_size, symmetric=symmetric, progress=True, threshold=args.threshold)
     elif args.method == "gptq":
         from .algorithms import gptq_quantize_model
         gptq_quantize_model(model, _calibration(args, tokenizer), scheme=scheme, group_size=args.group_size,
                             symmetric=symmetric, act_order=args.act_order, exclude=tuple(args.exclude),
-                            percdamp=args.percdamp)
+                            percdamp=args.percdamp, clip_search=args.clip_search)
     else:  # smoothquant: scales folded into norms / previous linears only, so the checkpoint is a stock model
         from .algorithms import smoothquant
         smoothquant(model, _calibration(args, tokenizer), alpha=args.alpha, scheme=scheme, explicit=False,
@@ -417,7 +417,11 @@ def build_parser():
     q.add_argument("--calib-len", type=int, default=256, help="tokens per calibration sequence")
     q.add_argument("--act-order", action="store_true", help="gptq: quantize columns by decreasing Hessian diagonal")
     q.add_argument("--percdamp", type=float, default=0.01, help="gptq: damping, fraction of mean(diag H)")
+    q.add_argument("--clip-search", action="store_true",
+                   help="gptq: per group, the clipped range with the least weight error")
     q.add_argument("--alpha", type=float, default=0.5, help="smoothquant migration strength")
+    q.add_argument("--threshold", type=float, default=None,
+                   help="llm_int8: activation magnitude above which a column runs in float (default 6.0)")
     q.add_argument("--group-size", type=int, default=128)
     q.add_argument("--symmetric", action="store_true")
     q.add_argument("--exclude", nargs="*", default=["lm_head"])

@@ -324,6 +324,33 @@ def test_gptq_weight_result_matches_storage():
     assert res["q"].dtype == torch.uint8 and int(res["q"].max()) <= 15
 
 
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_gptq_clip_search(symmetric):
+    from myq_kernels.algorithms.gptq import CLIP_NORM, _params, _quantize_column
+    g = torch.Generator().manual_seed(3)
+    w = torch.distributions.StudentT(3.0).sample((64, 128)) + 0.01 * torch.rand(64, 128, generator=g)
+
+    def row_error(scale, zero):
+        _, deq = _quantize_column(w, scale.unsqueeze(1), zero.unsqueeze(1), 4, symmetric)
+        return (w - deq).abs().pow(CLIP_NORM).sum(dim=1)
+
+    full, clipped = row_error(*_params(w, 4, symmetric)), row_error(*_params(w, 4, symmetric, clip_search=True))
+    assert (clipped <= full).all() and clipped.sum() < 0.95 * full.sum()  # heavy tails: clipping pays
+    # the layer result keeps the storage convention and reconstructs better than without the search
+    lin, x, H = _layer_problem(k=128, n=32)
+    with torch.no_grad():
+        lin.weight.copy_(torch.distributions.StudentT(3.0).sample(lin.weight.shape) * 0.05)
+    y = x @ lin.weight.T
+    errs = {}
+    for clip in (False, True):
+        res = gptq_quantize_weight(lin.weight, H, bits=4, group_size=32, symmetric=symmetric, clip_search=clip)
+        zero = 8 if symmetric else res["zero"].repeat_interleave(32, 1)
+        q = res["q"].float() + (8 if symmetric else 0)
+        torch.testing.assert_close((q - zero) * res["scale"].repeat_interleave(32, 1), res["weight"])
+        errs[clip] = (x @ res["weight"].T - y).norm().item()
+    assert errs[True] < errs[False]
+
+
 def test_gptq_non_positive_definite_hessian_is_damped():
     lin, x, H = _layer_problem(k=64, n=8)
     bad = -torch.eye(64)  # negative definite: damping must grow until it factorizes
@@ -454,7 +481,7 @@ def test_cli_quantize_method_and_eval(tiny_lm_folder, tmp_path, capsys, method, 
     dst = tmp_path / "q"
     assert cli.main(["quantize", str(src), "--out", str(dst), "--scheme", scheme, "--method", method,
                      "--calib", str(text), "--calib-samples", "4", "--calib-len", "32", "--group-size", "32",
-                     "--act-order"]) == 0
+                     "--act-order"] + (["--clip-search"] if method == "gptq" else [])) == 0
     loaded = transformers.AutoModelForCausalLM.from_pretrained(dst)
     kinds = {m.scheme for m in loaded.modules() if isinstance(m, QuantizedLinear)}
     assert kinds == {scheme}
@@ -464,6 +491,16 @@ def test_cli_quantize_method_and_eval(tiny_lm_folder, tmp_path, capsys, method, 
     assert "sliding window 64 / stride 32" in out
     ppl = float(out.split("perplexity ")[-1].split()[0])
     assert math.isfinite(ppl) and ppl > 1
+
+
+def test_cli_quantize_llm_int8_threshold(tiny_lm_folder, tmp_path):
+    from myq_kernels import cli
+    src, _ = tiny_lm_folder
+    dst = tmp_path / "q"
+    assert cli.main(["quantize", str(src), "--out", str(dst), "--scheme", "llm_int8", "--threshold", "2.5"]) == 0
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(dst)
+    thresholds = {m.threshold for m in loaded.modules() if isinstance(m, QuantizedLinear)}
+    assert thresholds == {2.5}
 
 
 def test_sliding_window_perplexity():

@@ -32,6 +32,8 @@ from .calibration import (block_hidden, block_output, capture_block_inputs, find
                           with_hidden)
 
 DEFAULT_PERCDAMP = 0.01
+CLIP_GRID = [1 - i / 100 for i in range(20)]  # range kept: 100% .. 81%
+CLIP_NORM = 2.4
 MAX_DAMP_RETRIES = 8
 
 
@@ -55,20 +57,37 @@ class HessianAccumulator:
 
 # ---- one layer ------------------------------------------------------------------------------
 
-def _params(w: torch.Tensor, bits: int, symmetric: bool):
-    """Per-row quantization parameters of w [N, g] in primitives' conventions: (scale, zero)."""
-    if symmetric:
-        qmax = 2 ** (bits - 1) - 1
-        scale = w.abs().amax(dim=1) / qmax
-        zero = torch.zeros_like(scale)
-    else:
-        qmax = 2 ** bits - 1
-        low = w.amin(dim=1).clamp(max=0)
-        high = w.amax(dim=1).clamp(min=0)
-        scale = (high - low) / qmax
-        safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-        zero = torch.round(-low / safe).clamp(0, qmax)
+def _params(w: torch.Tensor, bits: int, symmetric: bool, clip_search: bool = False):
+    """Per-row quantization parameters of w [N, g] in primitives' conventions: (scale, zero).
+
+    clip_search: shrink each row's range by the factor in CLIP_GRID that minimises
+    sum |w - q(w)|^CLIP_NORM (the GPTQ reference quantizer's "mse" option): at 4 bits a
+    slightly clipped range rounds the bulk of the weights more finely than it loses on the
+    few largest ones.
+    """
+    scale, zero = _range_params(w.amin(dim=1), w.amax(dim=1), bits, symmetric)
+    if not clip_search:
+        return scale, zero
+    best = torch.full_like(scale, float("inf"))
+    for shrink in CLIP_GRID:
+        s, z = _range_params(shrink * w.amin(dim=1), shrink * w.amax(dim=1), bits, symmetric)
+        _, deq = _quantize_column(w, s.unsqueeze(1), z.unsqueeze(1), bits, symmetric)
+        err = (w - deq).abs_().pow_(CLIP_NORM).sum(dim=1)
+        better = err < best
+        best = torch.where(better, err, best)
+        scale = torch.where(better, s, scale)
+        zero = torch.where(better, z, zero)
     return scale, zero
+
+
+def _range_params(low: torch.Tensor, high: torch.Tensor, bits: int, symmetric: bool):
+    if symmetric:
+        return torch.maximum(low.abs(), high.abs()) / (2 ** (bits - 1) - 1), torch.zeros_like(low)
+    qmax = 2 ** bits - 1
+    low, high = low.clamp(max=0), high.clamp(min=0)
+    scale = (high - low) / qmax
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return scale, torch.round(-low / safe).clamp(0, qmax)
 
 
 def _quantize_column(w, scale, zero, bits, symmetric):
@@ -108,7 +127,7 @@ def _inverse_hessian_cholesky(H: torch.Tensor, percdamp: float, name: str = ""):
 @torch.no_grad()
 def gptq_quantize_weight(W: torch.Tensor, H: torch.Tensor, bits: int = 4, group_size: int = None,
                          symmetric: bool = True, act_order: bool = False, percdamp: float = DEFAULT_PERCDAMP,
-                         blocksize: int = 128, static_groups: bool = None, name: str = ""):
+                         blocksize: int = 128, static_groups: bool = None, clip_search: bool = False, name: str = ""):
     """GPTQ for one weight W [N, K] with Hessian H [K, K].
 
     group_size None (or K): one scale per output row. Returns a dict: "weight" (dequantized,
@@ -117,6 +136,7 @@ def gptq_quantize_weight(W: torch.Tensor, H: torch.Tensor, bits: int = 4, group_
     "damp" (the damping used) and "loss" (the GPTQ objective sum (w - q)^2 / [H^-1]_jj / 2).
     static_groups: group parameters from the original W before any update (default: only with
     act_order and groups, where it keeps groups contiguous in the original order).
+    clip_search: each group's range is the clipped one with the least |w - q|^2.4 error.
     """
     if W.dim() != 2:
         raise ValueError(f"W must be 2-D [N, K], got shape {list(W.shape)}")
@@ -150,7 +170,7 @@ def gptq_quantize_weight(W: torch.Tensor, H: torch.Tensor, bits: int = 4, group_
     have = [False] * n_groups
     if static_groups or group_size == k:
         for g in range(n_groups):
-            scales[:, g], zeros[:, g] = _params(W[:, g * group_size:(g + 1) * group_size], bits, symmetric)
+            scales[:, g], zeros[:, g] = _params(W[:, g * group_size:(g + 1) * group_size], bits, symmetric, clip_search)
         have = [True] * n_groups
 
     perm = None
@@ -173,7 +193,7 @@ def gptq_quantize_weight(W: torch.Tensor, H: torch.Tensor, bits: int = 4, group_
     torch.set_num_threads(1)
     try:
         Q, Qint, loss = _column_loop(W, Hinv, scales, zeros, have, group_of, group_size, bits, symmetric,
-                                     blocksize, k)
+                                     clip_search, blocksize, k)
     finally:
         torch.set_num_threads(threads)
     if perm is not None:
@@ -185,7 +205,7 @@ def gptq_quantize_weight(W: torch.Tensor, H: torch.Tensor, bits: int = 4, group_
             "damp": damp, "loss": loss}
 
 
-def _column_loop(W, Hinv, scales, zeros, have, group_of, group_size, bits, symmetric, blocksize, k):
+def _column_loop(W, Hinv, scales, zeros, have, group_of, group_size, bits, symmetric, clip_search, blocksize, k):
     Q = torch.zeros_like(W)
     Qint = torch.zeros_like(W)
     losses = torch.zeros(W.shape[0], device=W.device)
@@ -202,7 +222,8 @@ def _column_loop(W, Hinv, scales, zeros, have, group_of, group_size, bits, symme
             if not have[g]:  # have: list of bool
                 # dynamic groups (original order): parameters from the updated weights of this group
                 start = g * group_size - i1
-                scales[:, g], zeros[:, g] = _params(W1[:, start:start + group_size], bits, symmetric)
+                scales[:, g], zeros[:, g] = _params(W1[:, start:start + group_size], bits, symmetric,
+                                                      clip_search)
                 have[g] = True
             w = W1[:, i]
             d = Hinv1[i, i]
@@ -227,7 +248,7 @@ SCHEME_BITS = {"w4a16": 4, "w8a16": 8, "w8a8": 8, "llm_int8": 8}
 def quantized_linear_from_gptq(linear: nn.Module, H: torch.Tensor, scheme: str = "w4a16",
                                group_size: int = DEFAULT_GROUP_SIZE, symmetric: bool = None,
                                act_order: bool = False, percdamp: float = DEFAULT_PERCDAMP,
-                               name: str = "") -> QuantizedLinear:
+                               clip_search: bool = False, name: str = "") -> QuantizedLinear:
     """A QuantizedLinear with GPTQ-quantized buffers in exactly the scheme's layout."""
     spec = check_scheme(scheme)
     if spec.name not in SCHEME_BITS:
@@ -241,7 +262,8 @@ def quantized_linear_from_gptq(linear: nn.Module, H: torch.Tensor, scheme: str =
     H = H.to(dev)
     if spec.uses_group_size:
         res = gptq_quantize_weight(weight.float(), H, bits=4, group_size=module.group_size,
-                                   symmetric=module.symmetric, act_order=act_order, percdamp=percdamp, name=name)
+                                   symmetric=module.symmetric, act_order=act_order, percdamp=percdamp,
+                                   clip_search=clip_search, name=name)
         if module.symmetric:
             tensors = {"weight_packed": ops.pack_int4((res["q"].to(torch.int16) + 8).to(torch.uint8)),
                        "weight_scale": res["scale"]}
@@ -250,7 +272,7 @@ def quantized_linear_from_gptq(linear: nn.Module, H: torch.Tensor, scheme: str =
                        "weight_zero": res["zero"]}
     else:
         res = gptq_quantize_weight(weight.float(), H, bits=8, group_size=None, symmetric=True,
-                                   act_order=act_order, percdamp=percdamp, name=name)
+                                   act_order=act_order, percdamp=percdamp, clip_search=clip_search, name=name)
         tensors = {"weight": res["q"], "weight_scale": res["scale"][:, 0].contiguous()}
     for key, t in tensors.items():
         setattr(module, key, t.contiguous().to(dev))
@@ -298,7 +320,7 @@ class _Stop(Exception):
 def gptq_quantize_model(model: nn.Module, batches, scheme="w4a16", group_size: int = DEFAULT_GROUP_SIZE,
                         symmetric: bool = None, act_order: bool = False, percdamp: float = DEFAULT_PERCDAMP,
                         exclude=("lm_head",), batch_size: int = 1, true_sequential: bool = True,
-                        progress: bool = True, fit_group: bool = True):
+                        progress: bool = True, fit_group: bool = True, clip_search: bool = False):
     """GPTQ-quantizes the model's linear layers in place, block by block; returns the model.
 
     batches: calibration token ids [n, T] (or a list of tensors / input dicts). scheme,
@@ -361,7 +383,7 @@ def gptq_quantize_model(model: nn.Module, batches, scheme="w4a16", group_size: i
                 H = acc.H if true_sequential else accs[n].H
                 q = quantized_linear_from_gptq(block.get_submodule(n), H, options["scheme"],
                                                options.get("group_size"), options.get("symmetric"),
-                                               act_order, percdamp, name=full)
+                                               act_order, percdamp, clip_search, name=full)
                 _set_submodule(block, n, q)
                 done.add(full)
                 if bar is not None:
