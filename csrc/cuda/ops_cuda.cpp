@@ -41,14 +41,14 @@ void check_x(const at::Tensor& x, const char* op) {
   TORCH_CHECK(x.dim() >= 1, "myq::", op, ": x must have at least one dimension [..., K]");
 }
 
-void check_float_vector(const std::optional<at::Tensor>& t, const at::Tensor& x, int64_t n, const char* op,
-                        const char* name) {
+// A scale, zero-point or bias tensor ([N], or [N, K // group_size]); absent is fine.
+void check_float_param(const std::optional<at::Tensor>& t, const at::Tensor& x, at::IntArrayRef shape,
+                       const char* op, const char* name) {
   if (!t.has_value()) return;
   check_on(*t, x, op, name);
   TORCH_CHECK(is_float(*t), "myq::", op, ": ", name, " must be float32, bfloat16 or float16, got ",
               t->scalar_type());
-  TORCH_CHECK(t->dim() == 1 && t->size(0) == n, "myq::", op, ": ", name, " must have shape [", n,
-              "] (one per output channel), got ", t->sizes());
+  TORCH_CHECK(t->sizes() == shape, "myq::", op, ": ", name, " must have shape ", shape, ", got ", t->sizes());
 }
 
 void check_cuda(cudaError_t err, const char* op) {
@@ -71,12 +71,26 @@ at::Tensor dense(const at::Tensor& t) {
 
 const void* ptr_or_null(const std::optional<at::Tensor>& t) { return t.has_value() ? t->data_ptr() : nullptr; }
 DType dtype_or_f32(const std::optional<at::Tensor>& t) { return t.has_value() ? dtype_code(*t) : kF32; }
+std::optional<at::Tensor> contiguous_opt(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? std::optional<at::Tensor>(t->contiguous()) : std::nullopt;
+}
 
-// K == 0: every dot product is empty, the result is bias (or 0) in x's dtype.
-at::Tensor empty_k_result(const at::Tensor& x, int64_t n, const std::optional<at::Tensor>& bias) {
-  at::Tensor y = at::zeros(out_shape(x, n), x.options().dtype(at::kFloat));
-  if (bias.has_value()) y.add_(bias->to(at::kFloat));
-  return y.to(x.scalar_type());
+// A linear op on x [..., K] with N outputs, on x's device: launch(out, M) fills out, the
+// [M, N] result in x's dtype, which returns as [..., N]. Nothing is launched for an empty
+// result, nor for K == 0: every dot product is empty, the result is the bias (or 0).
+template <typename Launch>
+at::Tensor linear_op(const at::Tensor& x, int64_t N, const std::optional<at::Tensor>& bias, const Launch& launch) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t K = x.size(-1);
+  if (K == 0) {
+    at::Tensor y = at::zeros(out_shape(x, N), x.options().dtype(at::kFloat));
+    if (bias.has_value()) y.add_(bias->to(at::kFloat));
+    return y.to(x.scalar_type());
+  }
+  const int64_t M = x.numel() / K;
+  at::Tensor out = at::empty({M, N}, x.options());
+  if (M > 0 && N > 0) launch(out, M);
+  return out.reshape(out_shape(x, N));
 }
 
 void check_int8_args(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
@@ -87,38 +101,31 @@ void check_int8_args(const at::Tensor& x, const at::Tensor& weight, const at::Te
   TORCH_CHECK(weight.dim() == 2, "myq::", op, ": weight must be 2-D [N, K], got shape ", weight.sizes());
   TORCH_CHECK(x.size(-1) == weight.size(1), "myq::", op, ": x.shape[-1] (", x.size(-1),
               ") must equal weight.shape[1] (K=", weight.size(1), ")");
-  check_float_vector(scale, x, weight.size(0), op, "scale");
-  check_float_vector(bias, x, weight.size(0), op, "bias");
+  check_float_param(scale, x, {weight.size(0)}, op, "scale");
+  check_float_param(bias, x, {weight.size(0)}, op, "bias");
 }
 
 at::Tensor int8_linear_cuda(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
                             const std::optional<at::Tensor>& bias) {
   constexpr const char* op = "int8_linear";
   check_int8_args(x, weight, scale, bias, op);
-  const c10::cuda::CUDAGuard guard(x.device());
-  const int64_t N = weight.size(0), K = weight.size(1), M = x.numel() / (K > 0 ? K : 1);
-  if (K == 0) return empty_k_result(x, N, bias);
-  at::Tensor out = at::empty({M, N}, x.options());
-  if (M > 0 && N > 0) {
+  const int64_t N = weight.size(0), K = weight.size(1);
+  return linear_op(x, N, bias, [&](at::Tensor& out, int64_t M) {
     const at::Tensor x2 = dense(x.reshape({M, K})), w = dense(weight), s = scale.contiguous();
-    const std::optional<at::Tensor> b = bias.has_value() ? std::optional<at::Tensor>(bias->contiguous()) : std::nullopt;
+    const std::optional<at::Tensor> b = contiguous_opt(bias);
     check_cuda(w8a16_linear(x2.data_ptr(), dtype_code(x2), w.data_ptr<int8_t>(), s.data_ptr(), dtype_code(s),
                             ptr_or_null(b), dtype_or_f32(b), out.data_ptr(), M, N, K,
                             c10::cuda::getCurrentCUDAStream()),
                op);
-  }
-  return out.reshape(out_shape(x, N));
+  });
 }
 
 at::Tensor int8_linear_dynamic_cuda(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
                                     const std::optional<at::Tensor>& bias) {
   constexpr const char* op = "int8_linear_dynamic";
   check_int8_args(x, weight, scale, bias, op);
-  const c10::cuda::CUDAGuard guard(x.device());
-  const int64_t N = weight.size(0), K = weight.size(1), M = x.numel() / (K > 0 ? K : 1);
-  if (K == 0) return empty_k_result(x, N, bias);
-  at::Tensor out = at::empty({M, N}, x.options());
-  if (M > 0 && N > 0) {
+  const int64_t N = weight.size(0), K = weight.size(1);
+  return linear_op(x, N, bias, [&](at::Tensor& out, int64_t M) {
     const auto stream = c10::cuda::getCurrentCUDAStream();
     // The int8 GEMM walks K in 16-byte chunks: pad K to a multiple of 16 with zeros.
     const int64_t Kp = (K + 15) / 16 * 16;
@@ -130,13 +137,12 @@ at::Tensor int8_linear_dynamic_cuda(const at::Tensor& x, const at::Tensor& weigh
                op);
     const at::Tensor w = Kp == K ? dense(weight) : at::constant_pad_nd(weight, {0, Kp - K}, 0).contiguous();
     const at::Tensor s = scale.contiguous();
-    const std::optional<at::Tensor> b = bias.has_value() ? std::optional<at::Tensor>(bias->contiguous()) : std::nullopt;
+    const std::optional<at::Tensor> b = contiguous_opt(bias);
     check_cuda(int8_gemm(q.data_ptr<int8_t>(), w.data_ptr<int8_t>(), M, N, Kp, row_scale.data_ptr<float>(),
                          s.data_ptr(), dtype_code(s), ptr_or_null(b), dtype_or_f32(b), out.data_ptr(),
                          dtype_code(out), stream),
                op);
-  }
-  return out.reshape(out_shape(x, N));
+  });
 }
 
 at::Tensor int4_linear_cuda(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales,
@@ -155,30 +161,17 @@ at::Tensor int4_linear_cuda(const at::Tensor& x, const at::Tensor& packed, const
   TORCH_CHECK(group_size > 0 && group_size % 2 == 0 && (K == 0 || K % group_size == 0), "myq::", op,
               ": group_size (", group_size, ") must be a positive even divisor of K (", K, ")");
   const int64_t groups = K / group_size;
-  for (const auto& [t, name] : {std::pair<const at::Tensor*, const char*>{&scales, "scales"},
-                                {zeros.has_value() ? &*zeros : nullptr, "zeros"}}) {
-    if (t == nullptr) continue;
-    check_on(*t, x, op, name);
-    TORCH_CHECK(is_float(*t), "myq::", op, ": ", name, " must be float32, bfloat16 or float16, got ",
-                t->scalar_type());
-    TORCH_CHECK(t->dim() == 2 && t->size(0) == N && t->size(1) == groups, "myq::", op, ": ", name,
-                " must have shape [N, K // group_size] = [", N, ", ", groups, "], got ", t->sizes());
-  }
-  check_float_vector(bias, x, N, op, "bias");
-  const c10::cuda::CUDAGuard guard(x.device());
-  if (K == 0) return empty_k_result(x, N, bias);
-  const int64_t M = x.numel() / K;
-  at::Tensor out = at::empty({M, N}, x.options());
-  if (M > 0 && N > 0) {
+  check_float_param(scales, x, {N, groups}, op, "scales");
+  check_float_param(zeros, x, {N, groups}, op, "zeros");
+  check_float_param(bias, x, {N}, op, "bias");
+  return linear_op(x, N, bias, [&](at::Tensor& out, int64_t M) {
     const at::Tensor x2 = dense(x.reshape({M, K})), w = dense(packed), s = scales.contiguous();
-    const std::optional<at::Tensor> z = zeros.has_value() ? std::optional<at::Tensor>(zeros->contiguous()) : std::nullopt;
-    const std::optional<at::Tensor> b = bias.has_value() ? std::optional<at::Tensor>(bias->contiguous()) : std::nullopt;
+    const std::optional<at::Tensor> z = contiguous_opt(zeros), b = contiguous_opt(bias);
     check_cuda(w4a16_linear(x2.data_ptr(), dtype_code(x2), w.data_ptr<uint8_t>(), s.data_ptr(), dtype_code(s),
                             ptr_or_null(z), dtype_or_f32(z), group_size, ptr_or_null(b), dtype_or_f32(b),
                             out.data_ptr(), M, N, K, c10::cuda::getCurrentCUDAStream()),
                op);
-  }
-  return out.reshape(out_shape(x, N));
+  });
 }
 
 at::Tensor pack_int4_cuda(const at::Tensor& q) {
