@@ -171,4 +171,41 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+// ---- the tensor-core GEMMs' accumulators and STAGES-deep cp.async pipeline ------------------
+
+template <typename T, int A, int B, int C>
+__device__ __forceinline__ void zero_fill(T (&acc)[A][B][C]) {
+#pragma unroll
+  for (int i = 0; i < A; ++i)
+#pragma unroll
+    for (int j = 0; j < B; ++j)
+#pragma unroll
+      for (int e = 0; e < C; ++e) acc[i][j][e] = T(0);
+}
+
+// load_stage(stage, kt) issues the cp.async copies of K tile kt into shared buffer `stage`.
+// Every call below commits one group, empty past the last tile, so that at step kt
+// cp_async_wait<STAGES - 2> always means "tile kt has landed".
+
+// Before the K loop: tiles 0 .. STAGES - 2 in flight.
+template <int STAGES, typename LoadStage>
+__device__ __forceinline__ void pipeline_fill(int kt_count, const LoadStage& load_stage) {
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (s < kt_count) load_stage(s, s);
+    cp_async_commit();
+  }
+}
+
+// At the top of K step kt: wait for tile kt, then refill the buffer step kt - 1 read with
+// tile kt + STAGES - 1.
+template <int STAGES, typename LoadStage>
+__device__ __forceinline__ void pipeline_advance(int kt, int kt_count, const LoadStage& load_stage) {
+  cp_async_wait<STAGES - 2>();
+  __syncthreads();  // stage kt landed for everyone; stage kt-1 is free to overwrite
+  const int next = kt + STAGES - 1;
+  if (next < kt_count) load_stage(next % STAGES, next);
+  cp_async_commit();
+}
+
 }  // namespace myq::cuda

@@ -62,12 +62,7 @@ int8_gemm_kernel(const int8_t* __restrict__ A, const int8_t* __restrict__ B, int
   const int wm = (warp / WARPS_N) * C::WTM, wn = (warp % WARPS_N) * C::WTN;
 
   int acc[C::MI][C::NI][4];
-#pragma unroll
-  for (int i = 0; i < C::MI; ++i)
-#pragma unroll
-    for (int j = 0; j < C::NI; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[i][j][e] = 0;
+  zero_fill(acc);
 
   auto load_stage = [&](int stage, int kt) {
     const int64_t k0 = static_cast<int64_t>(kt) * kBK;
@@ -75,21 +70,13 @@ int8_gemm_kernel(const int8_t* __restrict__ A, const int8_t* __restrict__ B, int
     load_tile<BN, C::kThreads>(Bs + stage * C::kBStage, B, n0, N, k0, K);
   };
 
-#pragma unroll
-  for (int s = 0; s < STAGES - 1; ++s) {
-    if (s < kt_count) load_stage(s, s);
-    cp_async_commit();
-  }
+  pipeline_fill<STAGES>(kt_count, load_stage);
 
   // ldmatrix lane roles: lanes 8j..8j+7 address the rows of matrix j
   const int mat = lane >> 3, r_in = lane & 7;
 
   for (int kt = 0; kt < kt_count; ++kt) {
-    cp_async_wait<STAGES - 2>();
-    __syncthreads();  // stage kt landed for everyone; stage kt-1 is free to overwrite
-    const int next = kt + STAGES - 1;
-    if (next < kt_count) load_stage(next % STAGES, next);
-    cp_async_commit();
+    pipeline_advance<STAGES>(kt, kt_count, load_stage);
 
     const uint8_t* as = As + (kt % STAGES) * C::kAStage;
     const uint8_t* bs = Bs + (kt % STAGES) * C::kBStage;

@@ -130,28 +130,15 @@ wxa16_mma_kernel(const WxA16Problem p) {
   };
 
   float acc[C::MI][C::NI][4];
-#pragma unroll
-  for (int i = 0; i < C::MI; ++i)
-#pragma unroll
-    for (int j = 0; j < C::NI; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
+  zero_fill(acc);
 
-#pragma unroll
-  for (int s = 0; s < STAGES - 1; ++s) {
-    if (s < kt_count) load_stage(s, s);
-    cp_async_commit();
-  }
+  pipeline_fill<STAGES>(kt_count, load_stage);
 
   const uint32_t gs = INT4 ? static_cast<uint32_t>(p.group_size) : 1u;
   const uint32_t groups = INT4 ? static_cast<uint32_t>(K) / gs : 1u;
 
   for (int kt = 0; kt < kt_count; ++kt) {
-    cp_async_wait<STAGES - 2>();
-    __syncthreads();  // stage kt landed for everyone; stage kt-1 is free to overwrite
-    const int next = kt + STAGES - 1;
-    if (next < kt_count) load_stage(next % STAGES, next);
-    cp_async_commit();
+    pipeline_advance<STAGES>(kt, kt_count, load_stage);
 
     const uint8_t* xs = Xs + (kt % STAGES) * C::kXStage;
     const uint8_t* ws = Ws + (kt % STAGES) * C::kWStage;
