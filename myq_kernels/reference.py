@@ -31,7 +31,8 @@ def int8_linear(x, weight, scale, bias=None):
 def quantize_per_token(x):
     """Row-wise symmetric int8: scale = max|row| / 127 (float32), q = round(x / scale)."""
     xf = x.float()
-    scale = xf.abs().amax(dim=-1, keepdim=True) / 127.0
+    # amax over an empty row (K = 0) raises; its scale is 0 like an all-zero row's
+    scale = xf.abs().amax(dim=-1, keepdim=True) / 127.0 if xf.shape[-1] else xf.new_zeros(*xf.shape[:-1], 1)
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
     q = torch.round(xf / safe).clamp_(-127, 127).to(torch.int8)
     return q, scale.squeeze(-1)

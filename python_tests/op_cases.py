@@ -160,7 +160,8 @@ def check_params_in_other_dtypes(dtype, device="cpu", rows=4):
 
 
 def check_empty_batch(op, device="cpu"):
-    """No rows of x (M = 0), with one or more batch dims: an empty result of x's dtype."""
+    """No rows of x (M = 0), with one or more batch dims: an empty result of x's dtype.
+    The int8 ops also take K = 0: every dot product is empty and the result is the bias."""
     if op == "int4_linear":
         weights = [*int4_weight(5, 64, 32, symmetric=False), 32]
     else:
@@ -169,6 +170,12 @@ def check_empty_batch(op, device="cpu"):
         x = torch.randn(shape)
         y = run_op(op, device, x, *weights)
         assert y.shape == (*shape[:-1], 5) and y.dtype == x.dtype
+    if op != "int4_linear":
+        bias = torch.randn(5)
+        for dtype in DTYPES:
+            y = run_op(op, device, torch.randn(3, 0).to(dtype), torch.zeros(5, 0, dtype=torch.int8),
+                       torch.ones(5), bias)
+            assert y.dtype == dtype and torch.equal(y, bias.to(dtype).expand(3, 5))
 
 
 def check_pack_unpack_every_byte(device="cpu"):

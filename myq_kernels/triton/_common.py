@@ -14,6 +14,8 @@ and the bias + store epilogue).
 Interpreter caveat handled here: bfloat16 is broken in the interpreter, so CPU calls run
 bfloat16 tensors as float32 (exact) and round the result once at the end.
 """
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -63,7 +65,7 @@ def vectors(interp, *tensors):
 def rows(x: torch.Tensor):
     """x [..., K] as a 2-D [M, K] view (or copy) whose last dimension is contiguous."""
     k = x.shape[-1]
-    x2 = x.reshape(-1, k)
+    x2 = x.reshape(math.prod(x.shape[:-1]), k)  # not -1: ambiguous when K = 0
     if x2.stride(-1) != 1 or (x2.shape[0] > 1 and x2.stride(0) < k):
         x2 = x2.contiguous()
     return x2

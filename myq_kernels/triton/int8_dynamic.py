@@ -81,7 +81,7 @@ def int8_linear_dynamic(x, weight, scale, bias=None):
     n, k = weight.shape
     interp = interpreted(x)
     q, rs = quantize_per_token(x)
-    q = q.reshape(-1, k)
+    q = rows(q)
     rs = rs.reshape(-1)
     m = q.shape[0]
     out_dtype = torch.float32 if (interp and x.dtype == torch.bfloat16) else x.dtype
