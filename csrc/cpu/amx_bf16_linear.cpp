@@ -1,4 +1,5 @@
-// W8A16 / W4A16 with bfloat16 activations on Intel AMX (AMX-BF16).
+// W8A16 / W4A16 on Intel AMX (AMX-BF16): bfloat16 activations, and for int8 weights also
+// float32 / float16 activations split into bfloat16 planes (XPlanes in kernels.h).
 //
 // C[n, m] = sum_k A[n, k] * B[k, m]: A = 32 weight rows converted to bfloat16 once per task
 // into a per-thread row-major buffer (tiles load it with a row stride), B = x packed into the
@@ -48,6 +49,7 @@ struct Int8Rows {
       }
       const int8_t* src = w + n * K;
       for (int64_t k = k0; k < k1; k += kAmxBf16K) {
+        if ((k & 63) == 0) _mm_prefetch(reinterpret_cast<const char*>(src + k) + (k1 - k0), _MM_HINT_T0);
         const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + k));
         // |w| <= 128 is exact in bf16: the high halves of the floats, gathered by vpermt2w.
         const __m512 f0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(b)));
@@ -115,20 +117,24 @@ MYQ_TARGET_AMX void tiles_zero() {
   }
 }
 
-// steps k-steps of 32: A rows at a (row stride lda elements), x blocks at xb, xb + xblock.
+// steps k-steps of 32: A rows at a (row stride lda elements), x blocks at xb, xb + xblock,
+// each of the x planes at xb + p * plane (the products of all planes add up in the tiles).
 template <int MT>
-MYQ_TARGET_AMX void tiles_steps(const uint16_t* a, int64_t lda, const uint16_t* xb,
+MYQ_TARGET_AMX void tiles_steps(const uint16_t* a, int64_t lda, const XPlanes& x, const uint16_t* xb,
                                 int64_t xblock, int64_t steps) {
   for (int64_t s = 0; s < steps; ++s) {
     _tile_loadd(4, a + s * kAmxBf16K, lda * 2);
     _tile_loadd(5, a + 16 * lda + s * kAmxBf16K, lda * 2);
-    _tile_loadd(6, xb + s * kTileElems, 64);
-    if constexpr (MT > 1) _tile_loadd(7, xb + xblock + s * kTileElems, 64);
-    _tile_dpbf16ps(0, 4, 6);
-    _tile_dpbf16ps(2, 5, 6);
-    if constexpr (MT > 1) {
-      _tile_dpbf16ps(1, 4, 7);
-      _tile_dpbf16ps(3, 5, 7);
+    for (int p = 0; p < x.count; ++p) {
+      const uint16_t* xs = xb + p * x.stride + s * kTileElems;
+      _tile_loadd(6, xs, 64);
+      if constexpr (MT > 1) _tile_loadd(7, xs + xblock, 64);
+      _tile_dpbf16ps(0, 4, 6);
+      _tile_dpbf16ps(2, 5, 6);
+      if constexpr (MT > 1) {
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_dpbf16ps(3, 5, 7);
+      }
     }
   }
 }
@@ -145,10 +151,10 @@ MYQ_TARGET_AMX void tiles_store(float* c) {
 }
 
 template <int MT>
-void tiles_run(const uint16_t* a, int64_t lda, const uint16_t* xb, int64_t xblock,
-               int64_t steps, bool zero, bool store, float* c) {
+void tiles_run(const uint16_t* a, int64_t lda, const XPlanes& x, const uint16_t* xb,
+               int64_t xblock, int64_t steps, bool zero, bool store, float* c) {
   if (zero) tiles_zero<MT>();
-  tiles_steps<MT>(a, lda, xb, xblock, steps);
+  tiles_steps<MT>(a, lda, x, xb, xblock, steps);
   if (store) tiles_store<MT>(c);
 }
 
@@ -184,10 +190,10 @@ void epilogue(const float* c, int mt, int64_t n, int64_t m, int64_t mlim, int64_
 constexpr int64_t kChunkK = 256;
 
 template <typename Convert>
-void run(const c10::BFloat16* xp, int64_t K, const Convert& convert, const float* scale,
+void run(const XPlanes& x, int64_t K, const Convert& convert, const float* scale,
          const float* bias, float* y, int64_t ldy, int64_t M, int64_t N, int64_t m0,
          int64_t m1, int64_t n0, int64_t n1) {
-  const uint16_t* x16 = reinterpret_cast<const uint16_t*>(xp);
+  const uint16_t* x16 = reinterpret_cast<const uint16_t*>(x.data);
   const int64_t xblock = K * kAmxTile;  // bf16 elements of one packed 16-row block of x
   const int64_t mlim = std::min(m1, M), nlim = std::min(n1, N);
   alignas(64) float c[4 * 256];
@@ -206,8 +212,8 @@ void run(const c10::BFloat16* xp, int64_t K, const Convert& convert, const float
         const bool first = k0 == 0, last = k1 == K;
         const int64_t steps = (k1 - k0) / kAmxBf16K;
         const uint16_t* xs = xb + (k0 / kAmxBf16K) * kTileElems;
-        if (mt == 2) tiles_run<2>(a, lda, xs, xblock, steps, first, last, c);
-        else tiles_run<1>(a, lda, xs, xblock, steps, first, last, c);
+        if (mt == 2) tiles_run<2>(a, lda, x, xs, xblock, steps, first, last, c);
+        else tiles_run<1>(a, lda, x, xs, xblock, steps, first, last, c);
       }
       epilogue(c, mt, n, m0, mlim, nlim, scale, bias, y, ldy);
     }
@@ -220,8 +226,8 @@ void run(const c10::BFloat16* xp, int64_t K, const Convert& convert, const float
       for (int64_t m = m0; m < m1; m += kPair) {
         const int mt = m + kAmxTile < m1 ? 2 : 1;
         const uint16_t* xb = x16 + (m / kAmxTile) * xblock;
-        if (mt == 2) tiles_run<2>(a, lda, xb, xblock, K / kAmxBf16K, true, true, c);
-        else tiles_run<1>(a, lda, xb, xblock, K / kAmxBf16K, true, true, c);
+        if (mt == 2) tiles_run<2>(a, lda, x, xb, xblock, K / kAmxBf16K, true, true, c);
+        else tiles_run<1>(a, lda, x, xb, xblock, K / kAmxBf16K, true, true, c);
         epilogue(c, mt, n, m, mlim, nlim, scale, bias, y, ldy);
       }
     }
@@ -231,17 +237,17 @@ void run(const c10::BFloat16* xp, int64_t K, const Convert& convert, const float
 
 }  // namespace
 
-void int8_linear_amx_bf16(const c10::BFloat16* xp, int64_t K, const int8_t* w,
+void int8_linear_amx_bf16(const XPlanes& x, int64_t K, const int8_t* w,
                           const float* scale, const float* bias, float* y, int64_t ldy,
                           int64_t M, int64_t N, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-  run(xp, K, Int8Rows{w, K, N}, scale, bias, y, ldy, M, N, m0, m1, n0, n1);
+  run(x, K, Int8Rows{w, K, N}, scale, bias, y, ldy, M, N, m0, m1, n0, n1);
 }
 
-void int4_linear_amx_bf16(const c10::BFloat16* xp, int64_t K, const uint8_t* packed,
+void int4_linear_amx_bf16(const XPlanes& x, int64_t K, const uint8_t* packed,
                           const float* scales, const float* zeros, int64_t group_size,
                           const float* bias, float* y, int64_t ldy, int64_t M, int64_t N,
                           int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-  run(xp, K, Int4Rows{packed, scales, zeros, group_size, K, N}, nullptr, bias, y, ldy, M, N,
+  run(x, K, Int4Rows{packed, scales, zeros, group_size, K, N}, nullptr, bias, y, ldy, M, N,
       m0, m1, n0, n1);
 }
 

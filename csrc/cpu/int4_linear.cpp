@@ -19,7 +19,6 @@ namespace {
 
 constexpr int kNR = 4;
 constexpr float kSymmetricZero = 8.f;
-constexpr int kPrefetch = 512;  // bytes ahead in each packed row (software prefetch)
 
 inline float zero_at(const float* zeros, int64_t i) {
   return zeros ? zeros[i] : kSymmetricZero;
@@ -74,6 +73,7 @@ MYQ_TARGET_AVX512 void block_avx512(const float* xp, int64_t K, int64_t gs,
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < kNR; ++j) acc[i][j] = _mm512_setzero_ps();
   const int64_t G = K / gs;
+  const int64_t ahead = prefetch_ahead(kNR * K / 2);
   for (int64_t g = 0; g < G; ++g) {
     __m512 tab[kNR];
     for (int j = 0; j < kNR; ++j) {
@@ -81,9 +81,9 @@ MYQ_TARGET_AVX512 void block_avx512(const float* xp, int64_t K, int64_t gs,
       tab[j] = _mm512_mul_ps(_mm512_sub_ps(iota, z), _mm512_set1_ps(sr[j][g]));
     }
     for (int64_t k = g * gs; k < (g + 1) * gs; k += kInt4Chunk) {
-      if ((k & 127) == 0)  // one line (128 weights) of each row: keep DRAM reads in flight
+      if ((k & 127) == 0)  // once per line (128 weights) of each row
         for (int j = 0; j < kNR; ++j)
-          _mm_prefetch(reinterpret_cast<const char*>(pr[j] + k / 2) + kPrefetch, _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(pr[j] + k / 2) + ahead, _MM_HINT_T0);
       __m512 lo[kNR], hi[kNR];
       for (int j = 0; j < kNR; ++j) {
         // 16 lanes, one packed byte each: vpermps reads the low 4 bits of the index.

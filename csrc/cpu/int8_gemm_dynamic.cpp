@@ -23,7 +23,6 @@ namespace myq {
 namespace {
 
 constexpr int kNR = 4;
-constexpr int kPrefetch = 1024;  // bytes ahead in each weight row (software prefetch)
 
 // ---------------------------------------------------------------- quantization
 void quantize_row_scalar(const float* x, int64_t K, int8_t* q, int64_t ldq, float* rs,
@@ -88,12 +87,13 @@ MYQ_TARGET_AVX512 void block_vnni(const int8_t* q, int64_t ldq, const int32_t* q
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < kNR; ++j) acc[i][j] = _mm512_setzero_si512();
   const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  const int64_t ahead = prefetch_ahead(kNR * K);
   int64_t k = 0;
   for (; k + 64 <= K; k += 64) {
     __m512i qv[MR];
     for (int i = 0; i < MR; ++i) qv[i] = _mm512_loadu_si512(q + i * ldq + k);
     for (int j = 0; j < kNR; ++j) {
-      _mm_prefetch(reinterpret_cast<const char*>(wr[j] + k) + kPrefetch, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(wr[j] + k) + ahead, _MM_HINT_T0);
       const __m512i wv = _mm512_xor_si512(_mm512_loadu_si512(wr[j] + k), flip);
       for (int i = 0; i < MR; ++i) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], wv, qv[i]);
     }

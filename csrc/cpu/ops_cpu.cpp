@@ -8,8 +8,10 @@
 //                             M >  kSmallM: per thread, dequantize kTileN weight rows into a
 //                             float32 tile (bfloat16 when x is bfloat16) and multiply it
 //                             with at::cpu::mm (MKL / oneDNN) into the output block.
-//   with bfloat16 x on AMX    M >= kAmxMinM: AMX-BF16 tiles, weights converted to bf16 per
-//                             thread 32 rows at a time (amx_bf16_linear.cpp).
+//   on AMX, K % 32 == 0       M >= kAmxMinM: AMX-BF16 tiles, weights converted to bf16 per
+//                             thread 32 rows at a time (amx_bf16_linear.cpp); int8_linear
+//                             takes every float x (float32 / float16 as 3 / 2 bf16 planes,
+//                             still float32-accurate), int4_linear bfloat16 x only.
 //   int8_linear_dynamic       quantize x once, then the int8 microkernel over a grid of
 //                             (M block, N block) tasks: AMX tiles (avx512_amx, M >= kAmxMinM,
 //                             K % 64 == 0), else the VNNI / AVX2 / scalar dot kernel (threads
@@ -208,22 +210,38 @@ void tiled_mm(const at::Tensor& xt, int64_t N, const Dequant& dequant, const flo
   });
 }
 
-// AMX-BF16 path (bfloat16 x): packs x into B tiles, then fn(xp, m0, m1, n0, n1) over a
+// bfloat16 planes whose sum is x (see XPlanes): x itself when bfloat16; float16 x needs two,
+// float32 three. rest - plane is exact in float32, so each plane holds the next 8 bits.
+std::vector<at::Tensor> bf16_planes(const at::Tensor& x2) {
+  if (x2.scalar_type() == at::kBFloat16) return {x2.contiguous()};
+  const int count = x2.scalar_type() == at::kHalf ? 2 : 3;
+  at::Tensor rest = x2.to(at::kFloat);
+  std::vector<at::Tensor> planes;
+  for (int p = 0; p < count; ++p) {
+    planes.push_back(rest.to(at::kBFloat16).contiguous());
+    if (p + 1 < count) rest = rest - planes.back().to(at::kFloat);
+  }
+  return planes;
+}
+
+// AMX-BF16 path: packs the planes of x into B tiles, then fn(planes, m0, m1, n0, n1) over a
 // grid of (kAmxTileN columns, kTileM rows) tasks.
 template <typename Fn>
 void amx_bf16_grid(const at::Tensor& x2, int64_t N, const Fn& fn) {
   const int64_t M = x2.size(0), K = x2.size(1);
-  const at::Tensor xc = x2.contiguous();
+  const std::vector<at::Tensor> planes = bf16_planes(x2);
+  const int64_t count = static_cast<int64_t>(planes.size());
   const int64_t mtiles = (M + kAmxTile - 1) / kAmxTile;
-  at::Tensor xp = at::empty({mtiles * kAmxTile, K}, xc.options());
-  const void* src = xc.const_data_ptr();
-  void* dst = xp.mutable_data_ptr();
-  at::parallel_for(0, mtiles, 1, [&](int64_t b0, int64_t b1) {
-    amx_pack_rows(src, 2 * K, M, dst, b0, b1);
+  at::Tensor xp = at::empty({count, mtiles * kAmxTile, K}, x2.options().dtype(at::kBFloat16));
+  at::parallel_for(0, count * mtiles, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t p = b / mtiles, block = b % mtiles;
+      amx_pack_rows(planes[p].const_data_ptr(), 2 * K, M, xp[p].mutable_data_ptr(), block, block + 1);
+    }
   });
-  const c10::BFloat16* xpp = xp.const_data_ptr<c10::BFloat16>();
+  const XPlanes x{xp.const_data_ptr<c10::BFloat16>(), mtiles * kAmxTile * K, static_cast<int>(count)};
   parallel_tiles(M, N, kTileM, kAmxTileN, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-    fn(xpp, m0, m1, n0, n1);
+    fn(x, m0, m1, n0, n1);
   });
 }
 
@@ -245,8 +263,10 @@ std::pair<at::Tensor, at::Tensor> check_int8_args(const at::Tensor& x, const at:
   return {float_param(scale, {N}, op, "scale"), float_param(bias, {N}, op, "bias")};
 }
 
-bool use_amx_bf16(Isa isa, const at::Tensor& x, int64_t M, int64_t K, int64_t min_m) {
-  return isa == Isa::Avx512Amx && x.scalar_type() == at::kBFloat16 && M >= min_m &&
+// float_x: the kernel stays exact with float32 / float16 x split into bfloat16 planes (int8
+// weights are exact in bfloat16; int4 tables are rounded to it, so int4 takes bfloat16 x only).
+bool use_amx_bf16(Isa isa, const at::Tensor& x, int64_t M, int64_t K, int64_t min_m, bool float_x) {
+  return isa == Isa::Avx512Amx && (float_x || x.scalar_type() == at::kBFloat16) && M >= min_m &&
          K % kAmxBf16K == 0;
 }
 
@@ -265,9 +285,8 @@ at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& weight,
   const float* bp = ptr_or_null<float>(b);
   float* yp = y.mutable_data_ptr<float>();
   const int8_t* wp = w.const_data_ptr<int8_t>();
-  if (use_amx_bf16(isa, x, M, K, kAmxMinM)) {
-    amx_bf16_grid(x2, N, [&](const c10::BFloat16* xp, int64_t m0, int64_t m1, int64_t n0,
-                             int64_t n1) {
+  if (use_amx_bf16(isa, x, M, K, kAmxMinM, /*float_x=*/true)) {
+    amx_bf16_grid(x2, N, [&](const XPlanes& xp, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
       int8_linear_amx_bf16(xp, K, wp, sp, bp, yp, N, M, N, m0, m1, n0, n1);
     });
   } else if (M <= small_m_limit(x)) {
@@ -379,9 +398,8 @@ at::Tensor int4_linear_cpu(const at::Tensor& x, const at::Tensor& packed,
   const float* bp = ptr_or_null<float>(b);
   float* yp = y.mutable_data_ptr<float>();
   const at::Tensor x2 = x.reshape({M, K});
-  if (use_amx_bf16(isa, x, M, K, kAmxMinMInt4) && group_size % kAmxBf16K == 0) {
-    amx_bf16_grid(x2, N, [&](const c10::BFloat16* xp, int64_t m0, int64_t m1, int64_t n0,
-                             int64_t n1) {
+  if (use_amx_bf16(isa, x, M, K, kAmxMinMInt4, /*float_x=*/false) && group_size % kAmxBf16K == 0) {
+    amx_bf16_grid(x2, N, [&](const XPlanes& xp, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
       int4_linear_amx_bf16(xp, K, pp, sp, zp, group_size, bp, yp, N, M, N, m0, m1, n0, n1);
     });
   } else if (M <= small_m_limit(x) && int4_gemv_supported(group_size)) {
