@@ -229,7 +229,7 @@ def main(argv=None):
     p.add_argument("--alpha", type=float, default=0.5, help="SmoothQuant migration strength")
     p.add_argument("--act-order", type=int, choices=(0, 1), default=1, help="GPTQ act-order (default: 1)")
     p.add_argument("--percdamp", type=float, default=0.01, help="GPTQ damping (fraction of mean diag H)")
-    p.add_argument("--clip-search", type=int, choices=(0, 1), default=0, help="GPTQ clipped-range search")
+    p.add_argument("--clip-search", type=int, choices=(0, 1), default=1, help="GPTQ clipped-range search")
     p.add_argument("--eval-articles", type=int, default=30, help="last N Wikipedia articles held out for eval")
     p.add_argument("--skip-minilm", action="store_true")
     p.add_argument("--skip-smollm2", action="store_true")

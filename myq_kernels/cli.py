@@ -417,8 +417,8 @@ def build_parser():
     q.add_argument("--calib-len", type=int, default=256, help="tokens per calibration sequence")
     q.add_argument("--act-order", action="store_true", help="gptq: quantize columns by decreasing Hessian diagonal")
     q.add_argument("--percdamp", type=float, default=0.01, help="gptq: damping, fraction of mean(diag H)")
-    q.add_argument("--clip-search", action="store_true",
-                   help="gptq: per group, the clipped range with the least weight error")
+    q.add_argument("--clip-search", action=argparse.BooleanOptionalAction, default=True,
+                   help="gptq: per group, the clipped range with the least weight error (default: on)")
     q.add_argument("--alpha", type=float, default=0.5, help="smoothquant migration strength")
     q.add_argument("--threshold", type=float, default=None,
                    help="llm_int8: activation magnitude above which a column runs in float (default 6.0)")

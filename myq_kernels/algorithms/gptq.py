@@ -127,7 +127,7 @@ def _inverse_hessian_cholesky(H: torch.Tensor, percdamp: float, name: str = ""):
 @torch.no_grad()
 def gptq_quantize_weight(W: torch.Tensor, H: torch.Tensor, bits: int = 4, group_size: int = None,
                          symmetric: bool = True, act_order: bool = False, percdamp: float = DEFAULT_PERCDAMP,
-                         blocksize: int = 128, static_groups: bool = None, clip_search: bool = False, name: str = ""):
+                         blocksize: int = 128, static_groups: bool = None, clip_search: bool = True, name: str = ""):
     """GPTQ for one weight W [N, K] with Hessian H [K, K].
 
     group_size None (or K): one scale per output row. Returns a dict: "weight" (dequantized,
@@ -248,7 +248,7 @@ SCHEME_BITS = {"w4a16": 4, "w8a16": 8, "w8a8": 8, "llm_int8": 8}
 def quantized_linear_from_gptq(linear: nn.Module, H: torch.Tensor, scheme: str = "w4a16",
                                group_size: int = DEFAULT_GROUP_SIZE, symmetric: bool = None,
                                act_order: bool = False, percdamp: float = DEFAULT_PERCDAMP,
-                               clip_search: bool = False, name: str = "") -> QuantizedLinear:
+                               clip_search: bool = True, name: str = "") -> QuantizedLinear:
     """A QuantizedLinear with GPTQ-quantized buffers in exactly the scheme's layout."""
     spec = check_scheme(scheme)
     if spec.name not in SCHEME_BITS:
@@ -320,7 +320,7 @@ class _Stop(Exception):
 def gptq_quantize_model(model: nn.Module, batches, scheme="w4a16", group_size: int = DEFAULT_GROUP_SIZE,
                         symmetric: bool = None, act_order: bool = False, percdamp: float = DEFAULT_PERCDAMP,
                         exclude=("lm_head",), batch_size: int = 1, true_sequential: bool = True,
-                        progress: bool = True, fit_group: bool = True, clip_search: bool = False):
+                        progress: bool = True, fit_group: bool = True, clip_search: bool = True):
     """GPTQ-quantizes the model's linear layers in place, block by block; returns the model.
 
     batches: calibration token ids [n, T] (or a list of tensors / input dicts). scheme,
