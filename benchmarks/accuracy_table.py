@@ -214,7 +214,9 @@ def markdown(results, args):
                   f"windows x {args.window} tokens of held-out Wikipedia text; calibration {args.calib} x "
                   f"{args.calib_len} tokens of other articles. all-MiniLM-L6-v2: {args.sentences} held-out "
                   f"sentences, cosine similarity to fp32 embeddings. 4-bit: symmetric, group 128 (96 on "
-                  f"576-wide layers). SmoothQuant alpha={args.alpha}. lm_head (tied) stays float."]
+                  f"576-wide layers). SmoothQuant alpha={args.alpha}. GPTQ: act-order {'on' if args.act_order else 'off'}, "
+                  f"clipped-range search {'on' if args.clip_search else 'off'}, percdamp {args.percdamp}. "
+                  f"lm_head (tied) stays float."]
     return "\n".join(lines)
 
 
