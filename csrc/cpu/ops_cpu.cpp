@@ -233,13 +233,15 @@ void amx_bf16_grid(const at::Tensor& x2, int64_t N, const Fn& fn) {
   const int64_t count = static_cast<int64_t>(planes.size());
   const int64_t mtiles = (M + kAmxTile - 1) / kAmxTile;
   at::Tensor xp = at::empty({count, mtiles * kAmxTile, K}, x2.options().dtype(at::kBFloat16));
+  const int64_t plane_stride = mtiles * kAmxTile * K;
+  c10::BFloat16* packed = xp.mutable_data_ptr<c10::BFloat16>();
   at::parallel_for(0, count * mtiles, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t p = b / mtiles, block = b % mtiles;
-      amx_pack_rows(planes[p].const_data_ptr(), 2 * K, M, xp[p].mutable_data_ptr(), block, block + 1);
+      amx_pack_rows(planes[p].const_data_ptr(), 2 * K, M, packed + p * plane_stride, block, block + 1);
     }
   });
-  const XPlanes x{xp.const_data_ptr<c10::BFloat16>(), mtiles * kAmxTile * K, static_cast<int>(count)};
+  const XPlanes x{packed, plane_stride, static_cast<int>(count)};
   parallel_tiles(M, N, kTileM, kAmxTileN, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
     fn(x, m0, m1, n0, n1);
   });
