@@ -15,6 +15,7 @@
 
 #include "amx.h"
 #include "kernels.h"
+#include "simd.h"
 
 namespace myq {
 namespace {
@@ -37,9 +38,6 @@ struct Int8Rows {
   int64_t K, N;
   MYQ_TARGET_AMX void operator()(int64_t n0, int64_t k0, int64_t k1, uint16_t* a,
                                  int64_t lda) const {
-    const __m512i odd_words = _mm512_set_epi16(
-        63, 61, 59, 57, 55, 53, 51, 49, 47, 45, 43, 41, 39, 37, 35, 33,
-        31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
     for (int64_t rr = 0; rr < kPair; ++rr) {
       const int64_t n = n0 + rr;
       uint16_t* dst = a + rr * lda - k0;
@@ -50,13 +48,9 @@ struct Int8Rows {
       const int8_t* src = w + n * K;
       for (int64_t k = k0; k < k1; k += kAmxBf16K) {
         if ((k & 63) == 0) _mm_prefetch(reinterpret_cast<const char*>(src + k) + (k1 - k0), _MM_HINT_T0);
-        const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + k));
-        // |w| <= 128 is exact in bf16: the high halves of the floats, gathered by vpermt2w.
-        const __m512 f0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(b)));
-        const __m512 f1 =
-            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(b, 1)));
-        _mm512_storeu_si512(dst + k, _mm512_permutex2var_epi16(_mm512_castps_si512(f0), odd_words,
-                                                               _mm512_castps_si512(f1)));
+        __m512 lo, hi;
+        load_i8x32_ps(src + k, &lo, &hi);
+        _mm512_storeu_si512(dst + k, exact_bf16_bits(lo, hi));
       }
     }
   }

@@ -13,6 +13,7 @@
 #include <type_traits>
 
 #include "kernels.h"
+#include "simd.h"
 
 namespace myq {
 namespace {
@@ -107,13 +108,6 @@ MYQ_TARGET_AVX512 void block_avx512(const float* xp, int64_t K, int64_t gs,
 }
 
 // ---------------------------------------------------------------- AVX2
-MYQ_TARGET_AVX2 inline float hsum_avx2(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
 template <int MR>
 MYQ_TARGET_AVX2 void block_avx2(const float* xp, int64_t K, int64_t gs,
                                 const uint8_t* const* pr, const float* const* sr, float* out) {

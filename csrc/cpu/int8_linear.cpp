@@ -10,6 +10,7 @@
 #include <type_traits>
 
 #include "kernels.h"
+#include "simd.h"
 
 namespace myq {
 namespace {
@@ -72,13 +73,6 @@ MYQ_TARGET_AVX512 void block_avx512(const float* x, int64_t K, const int8_t* con
 }
 
 // ---------------------------------------------------------------- AVX2
-MYQ_TARGET_AVX2 inline float hsum_avx2(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
 template <int MR>
 MYQ_TARGET_AVX2 void block_avx2(const float* x, int64_t K, const int8_t* const* wr,
                                 float* out) {
@@ -150,23 +144,16 @@ MYQ_TARGET_AVX512 void dequant_avx512(const int8_t* w, int64_t K, int64_t n0, in
                                       T* tile) {
   const int8_t* src = w + n0 * K;
   const int64_t count = (n1 - n0) * K;
-  // |w| <= 128 is exact in bf16: a bf16 value is the high half of the float's bits, and
-  // one vpermt2w gathers the high halves of 32 floats.
-  const __m512i odd_words = _mm512_set_epi16(
-      63, 61, 59, 57, 55, 53, 51, 49, 47, 45, 43, 41, 39, 37, 35, 33,
-      31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
   int64_t i = 0;
   for (; i + 32 <= count; i += 32) {
     _mm_prefetch(reinterpret_cast<const char*>(src + i) + 2048, _MM_HINT_T0);
-    const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i));
-    const __m512 f0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(b)));
-    const __m512 f1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(b, 1)));
+    __m512 f0, f1;
+    load_i8x32_ps(src + i, &f0, &f1);
     if constexpr (std::is_same_v<T, float>) {
       _mm512_storeu_ps(tile + i, f0);
       _mm512_storeu_ps(tile + i + 16, f1);
     } else {
-      _mm512_storeu_si512(tile + i, _mm512_permutex2var_epi16(_mm512_castps_si512(f0), odd_words,
-                                                              _mm512_castps_si512(f1)));
+      _mm512_storeu_si512(tile + i, exact_bf16_bits(f0, f1));
     }
   }
   for (; i < count; i += 16) {
