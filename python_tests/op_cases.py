@@ -37,6 +37,10 @@ INT4_SHAPES = [
     ((1,), 257, 4096, 128),
     ((3,), 7, 96, 32),
     ((2, 3), 17, 256, 64),
+    ((8,), 48, 256, 32),      # AMX from M = 8 with bfloat16 x, 12 with float x (M = 11 | 12)
+    ((11,), 48, 256, 32),
+    ((12,), 48, 256, 32),     # float x on AMX: one k-step per group
+    ((16,), 40, 1024, 512),   # a group spanning the AMX kernel's 256-wide K chunks
     ((5,), 33, 100, 100),
     ((9,), 65, 384, 128),
     ((33,), 40, 200, 40),

@@ -1,5 +1,5 @@
-// W8A16 / W4A16 on Intel AMX (AMX-BF16): bfloat16 activations, and for int8 weights also
-// float32 / float16 activations split into bfloat16 planes (XPlanes in kernels.h).
+// W8A16 / W4A16 on Intel AMX (AMX-BF16): bfloat16 activations, and float32 / float16
+// activations split into bfloat16 planes (XPlanes in kernels.h).
 //
 // C[n, m] = sum_k A[n, k] * B[k, m]: A = 32 weight rows converted to bfloat16 once per task
 // into a per-thread row-major buffer (tiles load it with a row stride), B = x packed into the
@@ -57,7 +57,8 @@ struct Int8Rows {
 };
 
 // int4 (group_size % 32 == 0): per group a 16-entry table (q - zero) * scale, rounded to
-// bf16 (as int4_dequant), looked up with vpermw.
+// bf16 (as int4_dequant), looked up with vpermw. Without scales the table holds q - zero,
+// small integers exact in bf16, and the caller applies the group scales (GroupScales).
 struct Int4Rows {
   const uint8_t* packed;
   const float* scales;
@@ -81,8 +82,8 @@ struct Int4Rows {
       const uint8_t* src = packed + n * (K / 2);
       for (int64_t g = k0 / gs; g * gs < k1; ++g) {
         const float z = zeros ? zeros[n * G + g] : 8.f;
-        const __m512 tab = _mm512_mul_ps(_mm512_sub_ps(iota, _mm512_set1_ps(z)),
-                                         _mm512_set1_ps(scales[n * G + g]));
+        const __m512 q = _mm512_sub_ps(iota, _mm512_set1_ps(z));
+        const __m512 tab = scales ? _mm512_mul_ps(q, _mm512_set1_ps(scales[n * G + g])) : q;
         const __m256i t16 = bf16_bits(tab);
         const __m512i wtab = _mm512_inserti64x4(_mm512_castsi256_si512(t16), t16, 1);
         const int64_t ke = std::min(k1, (g + 1) * gs);
@@ -183,14 +184,59 @@ void epilogue(const float* c, int mt, int64_t n, int64_t m, int64_t mlim, int64_
 // K chunk of the streaming mode (<= 2 x 16 rows of x): A stays in L1.
 constexpr int64_t kChunkK = 256;
 
+// Group scales applied outside the tiles, for int4 weights with float32 / float16 x: the
+// tiles sum one group's exact products of (q - zero) and x, which acc then adds up scaled
+// in float32 (scales == nullptr: no groups, the tiles sum all of K).
+struct GroupScales {
+  const float* scales;  // [N, K / size]
+  int64_t size;
+};
+
+// acc (+)= c * scales[n, g] row by row, for the tiles of c (layout of tiles_store).
+MYQ_TARGET_AVX512 void add_scaled_group(const float* c, int mt, const GroupScales& gs, int64_t groups,
+                                        int64_t g, int64_t n, int64_t N, bool init, float* acc) {
+  for (int tn = 0; tn < 2; ++tn)
+    for (int tm = 0; tm < mt; ++tm)
+      for (int r = 0; r < kAmxTile; ++r) {
+        const int64_t row = n + tn * kAmxTile + r;
+        const __m512 scale = _mm512_set1_ps(row < N ? gs.scales[row * groups + g] : 0.f);
+        const int64_t at = (tn * mt + tm) * 256 + r * kAmxTile;
+        const __m512 v = _mm512_mul_ps(_mm512_load_ps(c + at), scale);
+        _mm512_store_ps(acc + at, init ? v : _mm512_add_ps(_mm512_load_ps(acc + at), v));
+      }
+}
+
 template <typename Convert>
-void run(const XPlanes& x, int64_t K, const Convert& convert, const float* scale,
-         const float* bias, float* y, int64_t ldy, int64_t M, int64_t N, int64_t m0,
-         int64_t m1, int64_t n0, int64_t n1) {
+void run(const XPlanes& x, int64_t K, const Convert& convert, const GroupScales& groups,
+         const float* scale, const float* bias, float* y, int64_t ldy, int64_t M, int64_t N,
+         int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   const uint16_t* x16 = reinterpret_cast<const uint16_t*>(x.data);
   const int64_t xblock = K * kAmxTile;  // bf16 elements of one packed 16-row block of x
   const int64_t mlim = std::min(m1, M), nlim = std::min(n1, N);
   alignas(64) float c[4 * 256];
+  alignas(64) float acc[4 * 256];
+  const float* out = groups.scales ? acc : c;
+  // Tile products of K columns [kb, ke) (a: converted rows from column a_k0, xb: the x
+  // block) for output rows n; the sum over K ends in `out`.
+  auto product = [&](const uint16_t* a, int64_t lda, int64_t a_k0, const uint16_t* xb,
+                     int64_t kb, int64_t ke, int mt, int64_t n) {
+    const uint16_t* xs = xb + (kb / kAmxBf16K) * kTileElems;
+    const uint16_t* as = a + (kb - a_k0);
+    if (!groups.scales) {
+      const int64_t steps = (ke - kb) / kAmxBf16K;
+      if (mt == 2) tiles_run<2>(as, lda, x, xs, xblock, steps, kb == 0, ke == K, c);
+      else tiles_run<1>(as, lda, x, xs, xblock, steps, kb == 0, ke == K, c);
+      return;
+    }
+    for (int64_t k = kb; k < ke; k += kAmxBf16K) {
+      const bool start = k % groups.size == 0, end = (k + kAmxBf16K) % groups.size == 0;
+      const int64_t s = (k - kb) / kAmxBf16K;
+      if (mt == 2) tiles_run<2>(as + s * kAmxBf16K, lda, x, xs + s * kTileElems, xblock, 1, start, end, c);
+      else tiles_run<1>(as + s * kAmxBf16K, lda, x, xs + s * kTileElems, xblock, 1, start, end, c);
+      if (end)
+        add_scaled_group(c, mt, groups, K / groups.size, k / groups.size, n, N, k < groups.size, acc);
+    }
+  };
   amx_begin();
   if (m1 - m0 <= kPair) {
     // One pass over x: convert and multiply K chunk by K chunk, the products staying in
@@ -203,13 +249,9 @@ void run(const XPlanes& x, int64_t K, const Convert& convert, const float* scale
       for (int64_t k0 = 0; k0 < K; k0 += kChunkK) {
         const int64_t k1 = std::min(K, k0 + kChunkK);
         convert(n, k0, k1, a, lda);
-        const bool first = k0 == 0, last = k1 == K;
-        const int64_t steps = (k1 - k0) / kAmxBf16K;
-        const uint16_t* xs = xb + (k0 / kAmxBf16K) * kTileElems;
-        if (mt == 2) tiles_run<2>(a, lda, x, xs, xblock, steps, first, last, c);
-        else tiles_run<1>(a, lda, x, xs, xblock, steps, first, last, c);
+        product(a, lda, k0, xb, k0, k1, mt, n);
       }
-      epilogue(c, mt, n, m0, mlim, nlim, scale, bias, y, ldy);
+      epilogue(out, mt, n, m0, mlim, nlim, scale, bias, y, ldy);
     }
   } else {
     // Convert 32 full weight rows once (into L2), then sweep the rows of x over them.
@@ -219,10 +261,8 @@ void run(const XPlanes& x, int64_t K, const Convert& convert, const float* scale
       convert(n, 0, K, a, lda);
       for (int64_t m = m0; m < m1; m += kPair) {
         const int mt = m + kAmxTile < m1 ? 2 : 1;
-        const uint16_t* xb = x16 + (m / kAmxTile) * xblock;
-        if (mt == 2) tiles_run<2>(a, lda, x, xb, xblock, K / kAmxBf16K, true, true, c);
-        else tiles_run<1>(a, lda, x, xb, xblock, K / kAmxBf16K, true, true, c);
-        epilogue(c, mt, n, m, mlim, nlim, scale, bias, y, ldy);
+        product(a, lda, 0, x16 + (m / kAmxTile) * xblock, 0, K, mt, n);
+        epilogue(out, mt, n, m, mlim, nlim, scale, bias, y, ldy);
       }
     }
   }
@@ -234,15 +274,22 @@ void run(const XPlanes& x, int64_t K, const Convert& convert, const float* scale
 void int8_linear_amx_bf16(const XPlanes& x, int64_t K, const int8_t* w,
                           const float* scale, const float* bias, float* y, int64_t ldy,
                           int64_t M, int64_t N, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-  run(x, K, Int8Rows{w, K, N}, scale, bias, y, ldy, M, N, m0, m1, n0, n1);
+  run(x, K, Int8Rows{w, K, N}, GroupScales{nullptr, 0}, scale, bias, y, ldy, M, N, m0, m1, n0, n1);
 }
 
 void int4_linear_amx_bf16(const XPlanes& x, int64_t K, const uint8_t* packed,
                           const float* scales, const float* zeros, int64_t group_size,
                           const float* bias, float* y, int64_t ldy, int64_t M, int64_t N,
                           int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-  run(x, K, Int4Rows{packed, scales, zeros, group_size, K, N}, nullptr, bias, y, ldy, M, N,
-      m0, m1, n0, n1);
+  // bfloat16 x (one plane) meets bf16-rounded weights, as int4_dequant gives a bf16 GEMM;
+  // float x keeps float32 accuracy: exact (q - zero) tiles, group scales applied in float32.
+  if (x.count == 1) {
+    run(x, K, Int4Rows{packed, scales, zeros, group_size, K, N}, GroupScales{nullptr, 0}, nullptr,
+        bias, y, ldy, M, N, m0, m1, n0, n1);
+  } else {
+    run(x, K, Int4Rows{packed, nullptr, zeros, group_size, K, N}, GroupScales{scales, group_size},
+        nullptr, bias, y, ldy, M, N, m0, m1, n0, n1);
+  }
 }
 
 }  // namespace myq

@@ -87,8 +87,9 @@ void int8_gemm_amx(const int8_t* qp, const float* rs, int64_t K, const int8_t* w
 
 // ---- W8A16 / W4A16 on AMX-BF16 (amx_bf16_linear.cpp) ---------------------------------
 // x is packed once (amx_pack_rows with row_bytes = 2K) into B tiles; each thread converts
-// 32 weight rows at a time to bfloat16 A tiles (int8: exact; int4: (q - zero) * scale
-// rounded to bfloat16, as in int4_dequant) and TDPBF16PS accumulates exact products in
+// 32 weight rows at a time to bfloat16 A tiles (int8: exact; int4 with bfloat16 x:
+// (q - zero) * scale rounded to bfloat16, as in int4_dequant; int4 with float x: q - zero,
+// exact, each group's sum scaled in float32) and TDPBF16PS accumulates exact products in
 // float32. y[m*ldy + n] for m in [m0, m1) (m0 a multiple of 16), n in [n0, n1) (n0 a
 // multiple of 32): int8: acc * scale[n] + bias[n]; int4: acc + bias[n].
 // x may come as several bfloat16 planes whose sum is x (float32 x = 3 planes, float16 x =

@@ -9,9 +9,8 @@
 //                             float32 tile (bfloat16 when x is bfloat16) and multiply it
 //                             with at::cpu::mm (MKL / oneDNN) into the output block.
 //   on AMX, K % 32 == 0       M >= kAmxMinM: AMX-BF16 tiles, weights converted to bf16 per
-//                             thread 32 rows at a time (amx_bf16_linear.cpp); int8_linear
-//                             takes every float x (float32 / float16 as 3 / 2 bf16 planes,
-//                             still float32-accurate), int4_linear bfloat16 x only.
+//                             thread 32 rows at a time (amx_bf16_linear.cpp); float32 /
+//                             float16 x as 3 / 2 bf16 planes, still float32-accurate.
 //   int8_linear_dynamic       quantize x once, then the int8 microkernel over a grid of
 //                             (M block, N block) tasks: AMX tiles (avx512_amx, M >= kAmxMinM,
 //                             K % 64 == 0), else the VNNI / AVX2 / scalar dot kernel (threads
@@ -55,6 +54,7 @@ constexpr int64_t kDynTileM = 128;
 // AMX tiles beat the AVX-512 kernels; output columns per AMX task.
 constexpr int64_t kAmxMinM = 5;
 constexpr int64_t kAmxMinMInt4 = 8;  // the int4 AVX-512 gemv holds out longer
+constexpr int64_t kAmxMinMInt4Float = 12;  // float x: 2-3 planes and per-group scaling
 constexpr int64_t kAmxTileN = 64;
 // Column blocks handed to threads in the gemv paths (a multiple of the kernels' 4 rows).
 constexpr int64_t kColBlock = 16;
@@ -265,8 +265,8 @@ std::pair<at::Tensor, at::Tensor> check_int8_args(const at::Tensor& x, const at:
   return {float_param(scale, {N}, op, "scale"), float_param(bias, {N}, op, "bias")};
 }
 
-// float_x: the kernel stays exact with float32 / float16 x split into bfloat16 planes (int8
-// weights are exact in bfloat16; int4 tables are rounded to it, so int4 takes bfloat16 x only).
+// float_x: float32 / float16 x, split into bfloat16 planes, keep float32 accuracy (int8 weights
+// are exact in bfloat16; int4 then takes exact q - zero tiles with the group scales in float32).
 bool use_amx_bf16(Isa isa, const at::Tensor& x, int64_t M, int64_t K, int64_t min_m, bool float_x) {
   return isa == Isa::Avx512Amx && (float_x || x.scalar_type() == at::kBFloat16) && M >= min_m &&
          K % kAmxBf16K == 0;
@@ -400,7 +400,8 @@ at::Tensor int4_linear_cpu(const at::Tensor& x, const at::Tensor& packed,
   const float* bp = ptr_or_null<float>(b);
   float* yp = y.mutable_data_ptr<float>();
   const at::Tensor x2 = x.reshape({M, K});
-  if (use_amx_bf16(isa, x, M, K, kAmxMinMInt4, /*float_x=*/false) && group_size % kAmxBf16K == 0) {
+  const int64_t amx_min_m = x.scalar_type() == at::kBFloat16 ? kAmxMinMInt4 : kAmxMinMInt4Float;
+  if (use_amx_bf16(isa, x, M, K, amx_min_m, /*float_x=*/true) && group_size % kAmxBf16K == 0) {
     amx_bf16_grid(x2, N, [&](const XPlanes& xp, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
       int4_linear_amx_bf16(xp, K, pp, sp, zp, group_size, bp, yp, N, M, N, m0, m1, n0, n1);
     });
