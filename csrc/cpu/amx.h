@@ -34,10 +34,11 @@ MYQ_TARGET_AMX inline void amx_begin() {
 
 MYQ_TARGET_AMX inline void amx_end() { _tile_release(); }
 
-// B-tile layout of a row-major matrix with `row_bytes` bytes per row (a multiple of 4):
-// dst[((b * (row_bytes / 4) + g) * 16 + r) * 4 + i] = src[(16 b + r) * row_bytes + 4 g + i],
+// B-tile layout of a row-major matrix with `row_bytes` bytes per row (a multiple of 4),
+// rows `src_stride` bytes apart:
+// dst[((b * (row_bytes / 4) + g) * 16 + r) * 4 + i] = src[(16 b + r) * src_stride + 4 g + i],
 // rows >= rows_total read as zero. Packs the 16-row blocks [b0, b1).
-void amx_pack_rows(const void* src, int64_t row_bytes, int64_t rows_total, void* dst,
-                   int64_t b0, int64_t b1);
+void amx_pack_rows(const void* src, int64_t row_bytes, int64_t src_stride, int64_t rows_total,
+                   void* dst, int64_t b0, int64_t b1);
 
 }  // namespace myq

@@ -32,19 +32,24 @@ MYQ_TARGET_AMX inline __m256i bf16_bits(__m512 f) {
 }
 
 // Converters: a[rr * lda + (k - k0)] = bf16 weight [n0 + rr, k] for rr < 32, k in [k0, k1)
-// (multiples of 32); rows >= N are zero.
+// (multiples of 32); rows >= N are zero. for_each_row calls fill(n, dst) for the rows below
+// N, with dst[k] the A-buffer element of column k.
+template <typename Fill>
+MYQ_TARGET_AMX void for_each_row(int64_t n0, int64_t N, int64_t k0, int64_t k1, uint16_t* a,
+                                 int64_t lda, const Fill& fill) {
+  for (int64_t rr = 0; rr < kPair; ++rr) {
+    uint16_t* dst = a + rr * lda - k0;
+    if (n0 + rr < N) fill(n0 + rr, dst);
+    else std::memset(dst + k0, 0, (k1 - k0) * sizeof(uint16_t));
+  }
+}
+
 struct Int8Rows {
   const int8_t* w;
   int64_t K, N;
   MYQ_TARGET_AMX void operator()(int64_t n0, int64_t k0, int64_t k1, uint16_t* a,
                                  int64_t lda) const {
-    for (int64_t rr = 0; rr < kPair; ++rr) {
-      const int64_t n = n0 + rr;
-      uint16_t* dst = a + rr * lda - k0;
-      if (n >= N) {
-        std::memset(dst + k0, 0, (k1 - k0) * sizeof(uint16_t));
-        continue;
-      }
+    for_each_row(n0, N, k0, k1, a, lda, [&](int64_t n, uint16_t* dst) MYQ_TARGET_AMX {
       const int8_t* src = w + n * K;
       for (int64_t k = k0; k < k1; k += kAmxBf16K) {
         if ((k & 63) == 0) _mm_prefetch(reinterpret_cast<const char*>(src + k) + (k1 - k0), _MM_HINT_T0);
@@ -52,7 +57,7 @@ struct Int8Rows {
         load_i8x32_ps(src + k, &lo, &hi);
         _mm512_storeu_si512(dst + k, exact_bf16_bits(lo, hi));
       }
-    }
+    });
   }
 };
 
@@ -72,13 +77,7 @@ struct Int4Rows {
         47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8,
         39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
     const int64_t G = K / gs;
-    for (int64_t rr = 0; rr < kPair; ++rr) {
-      const int64_t n = n0 + rr;
-      uint16_t* dst = a + rr * lda - k0;
-      if (n >= N) {
-        std::memset(dst + k0, 0, (k1 - k0) * sizeof(uint16_t));
-        continue;
-      }
+    for_each_row(n0, N, k0, k1, a, lda, [&](int64_t n, uint16_t* dst) MYQ_TARGET_AMX {
       const uint8_t* src = packed + n * (K / 2);
       for (int64_t g = k0 / gs; g * gs < k1; ++g) {
         const float z = zeros ? zeros[n * G + g] : 8.f;
@@ -96,7 +95,7 @@ struct Int4Rows {
           _mm512_storeu_si512(dst + k, _mm512_permutex2var_epi16(lo, widx, hi));
         }
       }
-    }
+    });
   }
 };
 

@@ -217,8 +217,8 @@ MYQ_TARGET_AMX void amx_block(const int8_t* w0, int64_t K, const int8_t* qb, int
 
 }  // namespace
 
-void amx_pack_rows(const void* src, int64_t row_bytes, int64_t rows_total, void* dst,
-                   int64_t b0, int64_t b1) {
+void amx_pack_rows(const void* src, int64_t row_bytes, int64_t src_stride, int64_t rows_total,
+                   void* dst, int64_t b0, int64_t b1) {
   const int64_t groups = row_bytes / 4;
   const char* s = static_cast<const char*>(src);
   for (int64_t b = b0; b < b1; ++b) {
@@ -226,31 +226,10 @@ void amx_pack_rows(const void* src, int64_t row_bytes, int64_t rows_total, void*
     for (int64_t r = 0; r < kAmxTile; ++r) {
       const int64_t row = b * kAmxTile + r;
       if (row < rows_total) {
-        const char* sr = s + row * row_bytes;
+        const char* sr = s + row * src_stride;
         for (int64_t g = 0; g < groups; ++g) std::memcpy(d + g * kAmxTile + r, sr + 4 * g, 4);
       } else {
         for (int64_t g = 0; g < groups; ++g) d[g * kAmxTile + r] = 0;
-      }
-    }
-  }
-}
-
-void amx_pack_q(const int8_t* q, int64_t ldq, int64_t M, int64_t K, int8_t* qp, int64_t b0,
-                int64_t b1) {
-  if (ldq == K) {
-    amx_pack_rows(q, K, M, qp, b0, b1);
-    return;
-  }
-  const int64_t kg = K / 4;
-  for (int64_t b = b0; b < b1; ++b) {
-    int32_t* dst = reinterpret_cast<int32_t*>(qp + b * kAmxTile * K);
-    for (int64_t m = 0; m < kAmxTile; ++m) {
-      const int64_t row = b * kAmxTile + m;
-      if (row < M) {
-        const int8_t* src = q + row * ldq;
-        for (int64_t g = 0; g < kg; ++g) std::memcpy(dst + g * kAmxTile + m, src + 4 * g, 4);
-      } else {
-        for (int64_t g = 0; g < kg; ++g) dst[g * kAmxTile + m] = 0;
       }
     }
   }

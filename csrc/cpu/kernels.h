@@ -71,16 +71,14 @@ void int8_gemm_dynamic(Isa isa, const int8_t* q, int64_t ldq, const float* rs,
                        int64_t n0, int64_t n1);
 
 // AMX (isa avx512_amx): the weight rows are the A tiles (16 rows x 64 bytes, read in place)
-// and q, re-laid out by amx_pack_q, the B tiles; the product tiles are 16 n x 16 m int32.
+// and q, re-laid out by amx_pack_rows, the B tiles; the product tiles are 16 n x 16 m int32.
 // Needs K % kAmxK == 0; handles output columns [n0, n1) with n0, n1 multiples of 16
 // (the caller runs the last N % 16 columns with int8_gemm_dynamic) and rows [m0, m1)
 // with m0 a multiple of 16.
 constexpr int64_t kAmxK = 64;
 constexpr int64_t kAmxTile = 16;
-// qp[((m / 16) * (K / 4) + k / 4) * 64 + (m % 16) * 4 + k % 4] = q[m, k], rows >= M zero;
-// qp holds round_up(M, 16) * K bytes. Packs the 16-row blocks [b0, b1).
-void amx_pack_q(const int8_t* q, int64_t ldq, int64_t M, int64_t K, int8_t* qp, int64_t b0,
-                int64_t b1);
+// qp: the quantized x [M, K] in B-tile layout, amx_pack_rows (amx.h) with row_bytes = K;
+// round_up(M, 16) * K bytes.
 void int8_gemm_amx(const int8_t* qp, const float* rs, int64_t K, const int8_t* w,
                    const float* scale, const float* bias, float* y, int64_t ldy, int64_t M,
                    int64_t m0, int64_t m1, int64_t n0, int64_t n1);

@@ -238,7 +238,8 @@ void amx_bf16_grid(const at::Tensor& x2, int64_t N, const Fn& fn) {
   at::parallel_for(0, count * mtiles, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t p = b / mtiles, block = b % mtiles;
-      amx_pack_rows(planes[p].const_data_ptr(), 2 * K, M, packed + p * plane_stride, block, block + 1);
+      amx_pack_rows(planes[p].const_data_ptr(), 2 * K, 2 * K, M, packed + p * plane_stride, block,
+                    block + 1);
     }
   });
   const XPlanes x{packed, plane_stride, static_cast<int>(count)};
@@ -344,7 +345,7 @@ at::Tensor int8_linear_dynamic_cpu(const at::Tensor& x, const at::Tensor& weight
     at::Tensor qpack = at::empty({mtiles * kAmxTile * K}, x.options().dtype(at::kChar));
     int8_t* qpp = qpack.mutable_data_ptr<int8_t>();
     at::parallel_for(0, mtiles, 1, [&](int64_t b0, int64_t b1) {
-      amx_pack_q(qp, ldq, M, K, qpp, b0, b1);
+      amx_pack_rows(qp, K, ldq, M, qpp, b0, b1);
     });
     const int64_t n16 = N / kAmxTile * kAmxTile;
     parallel_tiles(M, n16, kDynTileM, kDynTileN, [&](int64_t m0, int64_t m1, int64_t n0,
