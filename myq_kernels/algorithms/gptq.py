@@ -15,6 +15,9 @@ quantized columns to compensate each column's error using the layer's Hessian H 
   Only one input group's Hessian is held at a time. The result is a model of QuantizedLinear
   layers (w4a16 / w8a16 / w8a8 / llm_int8 buffers) that saves and loads like `quantize_model`'s.
 
+Clip search (default on): each group's range is shrunk by the factor in CLIP_GRID with the
+least sum |w - q|^2.4, which generalises better to text outside the calibration set.
+
 Damping: percdamp (0.01) x mean(diag H) is added to the diagonal; if the Cholesky
 factorization still fails (H not positive definite), damping grows 10x and it retries.
 Dead inputs (H_jj == 0: a channel that is always zero) get H_jj = 1 and weight column 0.
@@ -65,12 +68,13 @@ def _params(w: torch.Tensor, bits: int, symmetric: bool, clip_search: bool = Fal
     slightly clipped range rounds the bulk of the weights more finely than it loses on the
     few largest ones.
     """
-    scale, zero = _range_params(w.amin(dim=1), w.amax(dim=1), bits, symmetric)
+    low, high = w.amin(dim=1), w.amax(dim=1)
+    scale, zero = _range_params(low, high, bits, symmetric)
     if not clip_search:
         return scale, zero
     best = torch.full_like(scale, float("inf"))
     for shrink in CLIP_GRID:
-        s, z = _range_params(shrink * w.amin(dim=1), shrink * w.amax(dim=1), bits, symmetric)
+        s, z = _range_params(shrink * low, shrink * high, bits, symmetric)
         _, deq = _quantize_column(w, s.unsqueeze(1), z.unsqueeze(1), bits, symmetric)
         err = (w - deq).abs_().pow_(CLIP_NORM).sum(dim=1)
         better = err < best
