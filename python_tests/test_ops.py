@@ -3,11 +3,12 @@ import pytest
 import torch
 
 import myq_kernels
+from myq_kernels import reference
 
-from op_cases import (DTYPES, INT4_SHAPES, INT8_OPS, LINEAR_OPS, LINEAR_SHAPES, PACK_SHAPES, check_empty_batch,
-                      check_int4_linear, check_int8_op, check_pack_accepts_wider_integer_types,
+from op_cases import (DTYPES, INT4_SHAPES, INT8_OPS, LINEAR_OPS, LINEAR_SHAPES, PACK_SHAPES, assert_linear_close,
+                      check_empty_batch, check_int4_linear, check_int8_op, check_pack_accepts_wider_integer_types,
                       check_pack_unpack_every_byte, check_pack_unpack_round_trip, check_params_in_other_dtypes,
-                      int8_weight)
+                      int8_expected, int8_weight)
 
 CPU_BACKENDS = [name for name, b in myq_kernels.backends().items() if "cpu" in b.devices and name != "triton"]
 
@@ -39,6 +40,47 @@ def test_int8_linear_dynamic_is_close_to_float():
     exact = x @ (weight.float() * scale[:, None]).T
     y = myq_kernels.int8_linear_dynamic(x, weight, scale)
     assert (y - exact).norm() / exact.norm() < 0.02
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_int8_linear_keeps_small_activations_next_to_outliers(backend, poisoned_outputs, dtype):
+    """Rows spanning 2^-20 .. 2^11 in magnitude, with the full int8 range (-128 included) in
+    the weights: the AMX path scales each row of x to 8 * digits - 2 bits of its max, so too
+    few digits would lose the small elements beyond the dtype's bound."""
+    x = (torch.randn(6, 256) * torch.exp2(torch.randint(-20, 4, (6, 256)).float())).to(dtype)
+    x[:, 7] = 2048.0
+    weight = torch.randint(-128, 128, (48, 256), dtype=torch.int8)
+    weight[:, :16] = -128
+    scale = (torch.rand(48) + 0.5) / 128  # float16 results stay finite
+    y = myq_kernels.int8_linear(x, weight, scale)
+    assert_linear_close(y, *int8_expected(x, weight, scale, None), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_int8_linear_propagates_inf_and_nan(backend, dtype):
+    """A row holding inf or NaN gives what the float product gives (the digit split of x
+    cannot represent them, so such a call takes a float path)."""
+    x = torch.randn(4, 128).to(dtype)
+    x[1, 5] = float("inf")
+    x[2, 9] = float("nan")
+    weight, scale = int8_weight(32, 128)
+    weight[3, 5] = 0  # inf * 0: NaN
+    y = myq_kernels.int8_linear(x, weight, scale).double()
+    expected = reference.int8_linear(x.double(), weight, scale.double(), None)
+    assert torch.equal(y.isnan(), expected.isnan())
+    assert torch.equal(y.isinf(), expected.isinf()) and torch.equal(y.isinf() & (y > 0), expected.isinf() & (expected > 0))
+    finite = expected.isfinite()
+    assert_linear_close(y[finite].to(dtype), expected[finite],
+                        ((x.double().abs() @ weight.double().abs().T) * scale.double())[finite], dtype)
+
+
+def test_int8_linear_with_k_beyond_exact_int32_digit_sums(backend):
+    """K >= 2^17 would overflow the int32 digit sums: int8_linear takes a float path there."""
+    k = 1 << 17
+    x = torch.randn(2, k)
+    weight, scale = int8_weight(16, k)
+    y = myq_kernels.int8_linear(x, weight, scale)
+    assert_linear_close(y, *int8_expected(x, weight, scale, None), torch.float32)
 
 
 @pytest.mark.parametrize("batch,n,k,group_size", INT4_SHAPES)

@@ -1,4 +1,5 @@
-// W8A8 kernels: per-token int8 quantization of x, int8 x int8 -> int32 products.
+// int8 x int8 -> int32 products of weights with an int8 form of x (QuantX in kernels.h):
+// W8A8's per-token quantization, or W8A16's digits of x (x_digits.cpp).
 //
 // quantize_rows: row absmax / 127, IEEE division, round half to even, clamp to +-127
 // (bit-identical to reference.quantize_per_token).
@@ -156,31 +157,44 @@ void run_block(const int8_t* q, int64_t ldq, const int32_t* qsum, int64_t K,
       for (int j = 0; j < kNR; ++j) out[i * kNR + j] = dot_scalar(q + i * ldq, wr[j], K);
 }
 
+// The output of row m of x before the column scale, from its `digits` int32 sums acc[d * stride]:
+// W8A8 float(acc) * rs[m], as the reference rounds; digits combined exactly in double
+// (|sum| < 2^53 while K < 2^17), then scaled by the power of two unit[m].
+inline float row_value(const QuantX& x, int64_t m, const int32_t* acc, int stride) {
+  if (x.digits == 1) return static_cast<float>(acc[0]) * x.rs[m];
+  double v = 0.0;
+  for (int d = x.digits - 1; d >= 0; --d) v = v * 256.0 + acc[d * stride];
+  return static_cast<float>(v * x.unit[m]);
+}
+
 template <Isa kIsa>
-void gemm(const int8_t* q, int64_t ldq, const float* rs, const int32_t* qsum, int64_t K,
-          const int8_t* w, const float* scale, const float* bias, float* y, int64_t ldy,
-          int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+void gemm(const QuantX& x, int64_t K, const int8_t* w, const float* scale, const float* bias,
+          float* y, int64_t ldy, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   constexpr int kMaxMR = kIsa == Isa::Avx512Vnni ? 4 : 2;
+  // Rows of x per block: up to kMaxMR single-row (W8A8) ones, or one row of `digits` q rows.
+  const int64_t per_block = x.digits == 1 ? kMaxMR : 1;
   int32_t out[kMaxMR * kNR];
   for (int64_t nb = n0; nb < n1; nb += kNR) {
     const int nr = static_cast<int>(std::min<int64_t>(kNR, n1 - nb));
     const int8_t* wr[kNR];
     for (int j = 0; j < kNR; ++j) wr[j] = w + (nb + std::min(j, nr - 1)) * K;
-    for (int64_t m = m0; m < m1; m += kMaxMR) {
-      const int mr = static_cast<int>(std::min<int64_t>(kMaxMR, m1 - m));
-      const int8_t* qm = q + m * ldq;
-      switch (mr) {
-        case 1: run_block<1, kIsa>(qm, ldq, qsum + m, K, wr, out); break;
-        case 2: run_block<2, kIsa>(qm, ldq, qsum + m, K, wr, out); break;
-        case 3: if constexpr (kMaxMR >= 3) run_block<3, kIsa>(qm, ldq, qsum + m, K, wr, out); break;
-        default: if constexpr (kMaxMR >= 4) run_block<4, kIsa>(qm, ldq, qsum + m, K, wr, out); break;
+    for (int64_t m = m0; m < m1; m += per_block) {
+      const int xm = static_cast<int>(std::min<int64_t>(per_block, m1 - m));
+      const int64_t r = q_row(x.digits, m);
+      const int8_t* qm = x.q + r * x.ldq;
+      const int32_t* qs = x.qsum + r;
+      switch (xm * x.digits) {
+        case 1: run_block<1, kIsa>(qm, x.ldq, qs, K, wr, out); break;
+        case 2: run_block<2, kIsa>(qm, x.ldq, qs, K, wr, out); break;
+        case 3: if constexpr (kMaxMR >= 3) run_block<3, kIsa>(qm, x.ldq, qs, K, wr, out); break;
+        default: if constexpr (kMaxMR >= 4) run_block<4, kIsa>(qm, x.ldq, qs, K, wr, out); break;
       }
       // Same operation order as the reference: ((acc * row scale) * scale) + bias. This
       // is plain (non-FMA) code: baseline x86-64 has no FMA to contract into.
-      for (int i = 0; i < mr; ++i)
+      for (int i = 0; i < xm; ++i)
         for (int j = 0; j < nr; ++j) {
           const int64_t n = nb + j;
-          float v = static_cast<float>(out[i * kNR + j]) * rs[m + i];
+          float v = row_value(x, m + i, out + i * x.digits * kNR + j, kNR);
           v = v * scale[n];
           if (bias) v = v + bias[n];
           y[(m + i) * ldy + n] = v;
@@ -215,6 +229,39 @@ MYQ_TARGET_AMX void amx_block(const int8_t* w0, int64_t K, const int8_t* qb, int
   if constexpr (NT > 1 && MT > 1) _tile_stored(3, c + 256 * 3, 64);
 }
 
+// y[m, 16 columns] from the product tiles of one 16-column block (c: MT tiles of 16 n x 16
+// q rows, see amx_block) whose q rows r0 .. r0 + digits - 1 hold row m of x; row_value's
+// arithmetic, 16 columns at a time. W8A8 keeps the reference's rounding: the _round_
+// intrinsics are never contracted into FMAs.
+MYQ_TARGET_AVX512 inline __m512i tile_column(const int32_t* c, int64_t r) {
+  const __m512i rows = _mm512_set_epi32(240, 224, 208, 192, 176, 160, 144, 128, 112, 96, 80, 64,
+                                        48, 32, 16, 0);  // c[n][r] at n * 16 + r
+  return _mm512_i32gather_epi32(rows, c + r / kAmxTile * 256 + r % kAmxTile, 4);
+}
+
+MYQ_TARGET_AVX512 void store_tile_row(const QuantX& x, int64_t m, const int32_t* c, int64_t r0,
+                                      const float* scale, const float* bias, float* y) {
+  constexpr int kRound = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+  __m512 v;
+  if (x.digits == 1) {
+    v = _mm512_mul_round_ps(_mm512_cvtepi32_ps(tile_column(c, r0)), _mm512_set1_ps(x.rs[m]), kRound);
+  } else {
+    __m512d lo = _mm512_setzero_pd(), hi = _mm512_setzero_pd();
+    const __m512d base = _mm512_set1_pd(256.0);
+    for (int d = x.digits - 1; d >= 0; --d) {
+      const __m512i a = tile_column(c, r0 + d);
+      lo = _mm512_add_pd(_mm512_mul_pd(lo, base), _mm512_cvtepi32_pd(_mm512_castsi512_si256(a)));
+      hi = _mm512_add_pd(_mm512_mul_pd(hi, base), _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(a, 1)));
+    }
+    const __m512d unit = _mm512_set1_pd(x.unit[m]);
+    v = _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(_mm512_mul_pd(lo, unit))),
+                           _mm512_cvtpd_ps(_mm512_mul_pd(hi, unit)), 1);
+  }
+  v = _mm512_mul_round_ps(v, _mm512_loadu_ps(scale), kRound);
+  if (bias) v = _mm512_add_round_ps(v, _mm512_loadu_ps(bias), kRound);
+  _mm512_storeu_ps(y, v);
+}
+
 }  // namespace
 
 void amx_pack_rows(const void* src, int64_t row_bytes, int64_t src_stride, int64_t rows_total,
@@ -235,38 +282,31 @@ void amx_pack_rows(const void* src, int64_t row_bytes, int64_t src_stride, int64
   }
 }
 
-void int8_gemm_amx(const int8_t* qp, const float* rs, int64_t K, const int8_t* w,
+void int8_gemm_amx(const int8_t* qp, const QuantX& x, int64_t K, const int8_t* w,
                    const float* scale, const float* bias, float* y, int64_t ldy, int64_t M,
                    int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   alignas(64) int32_t c[4 * 256];
+  const int digits = x.digits;
+  const int64_t per_block = x_rows_per_block(digits);
+  m1 = std::min(m1, M);
   amx_begin();
   for (int64_t n = n0; n < n1; n += 2 * kAmxTile) {
     const int nt = n + 2 * kAmxTile <= n1 ? 2 : 1;
-    for (int64_t m = m0; m < m1; m += 2 * kAmxTile) {
-      const int mt = m + kAmxTile < m1 ? 2 : 1;
+    for (int64_t m = m0; m < m1; m += per_block) {
+      const int64_t xm = std::min(per_block, m1 - m);
+      const int mt = xm * digits > kAmxTile ? 2 : 1;
       const int8_t* w0 = w + n * K;
-      const int8_t* qb = qp + (m / kAmxTile) * kAmxTile * K;
+      const int8_t* qb = qp + m / per_block * kQBlockRows * K;
       if (nt == 2 && mt == 2) amx_block<2, 2>(w0, K, qb, c);
       else if (nt == 2) amx_block<2, 1>(w0, K, qb, c);
       else if (mt == 2) amx_block<1, 2>(w0, K, qb, c);
       else amx_block<1, 1>(w0, K, qb, c);
-      // Same operation order as the reference (see gemm above); plain, non-FMA code.
-      for (int tn = 0; tn < nt; ++tn)
-        for (int tm = 0; tm < mt; ++tm) {
-          const int32_t* ct = c + (tn * mt + tm) * 256;
-          for (int i = 0; i < kAmxTile; ++i) {
-            const int64_t row = m + tm * kAmxTile + i;
-            if (row >= std::min(m1, M)) break;
-            float* yr = y + row * ldy;
-            for (int j = 0; j < kAmxTile; ++j) {
-              const int64_t col = n + tn * kAmxTile + j;
-              float v = static_cast<float>(ct[j * kAmxTile + i]) * rs[row];
-              v = v * scale[col];
-              if (bias) v = v + bias[col];
-              yr[col] = v;
-            }
-          }
-        }
+      for (int tn = 0; tn < nt; ++tn) {
+        const int64_t col = n + tn * kAmxTile;
+        for (int64_t i = 0; i < xm; ++i)
+          store_tile_row(x, m + i, c + tn * mt * 256, i * digits, scale + col,
+                         bias ? bias + col : nullptr, y + (m + i) * ldy + col);
+      }
     }
   }
   amx_end();
@@ -280,19 +320,18 @@ void quantize_rows(Isa isa, const float* x, int64_t K, int8_t* q, int64_t ldq, f
   }
 }
 
-void int8_gemm_dynamic(Isa isa, const int8_t* q, int64_t ldq, const float* rs,
-                       const int32_t* qsum, int64_t K, const int8_t* w, const float* scale,
-                       const float* bias, float* y, int64_t ldy, int64_t m0, int64_t m1,
-                       int64_t n0, int64_t n1) {
+void int8_gemm_dynamic(Isa isa, const QuantX& x, int64_t K, const int8_t* w,
+                       const float* scale, const float* bias, float* y, int64_t ldy,
+                       int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   switch (isa) {
     case Isa::Avx512Vnni:
-      gemm<Isa::Avx512Vnni>(q, ldq, rs, qsum, K, w, scale, bias, y, ldy, m0, m1, n0, n1);
+      gemm<Isa::Avx512Vnni>(x, K, w, scale, bias, y, ldy, m0, m1, n0, n1);
       break;
     case Isa::Avx2:
-      gemm<Isa::Avx2>(q, ldq, rs, qsum, K, w, scale, bias, y, ldy, m0, m1, n0, n1);
+      gemm<Isa::Avx2>(x, K, w, scale, bias, y, ldy, m0, m1, n0, n1);
       break;
     default:
-      gemm<Isa::Scalar>(q, ldq, rs, qsum, K, w, scale, bias, y, ldy, m0, m1, n0, n1);
+      gemm<Isa::Scalar>(x, K, w, scale, bias, y, ldy, m0, m1, n0, n1);
       break;
   }
 }

@@ -56,30 +56,59 @@ template <typename T>  // float or c10::BFloat16 (rounded to nearest even)
 void int4_dequant(Isa isa, const uint8_t* packed, const float* scales, const float* zeros,
                   int64_t group_size, int64_t K, int64_t n0, int64_t n1, T* tile);
 
-// ---- W8A8 (int8_gemm_dynamic.cpp) ----------------------------------------------------
-// Rows of x padded to ldq = round_up(K, kQuantPad) bytes (pad is zero).
+// ---- int8 x int8 products (int8_gemm_dynamic.cpp, x_digits.cpp) -----------------------
+// Both W8A8 and (on AVX-512 VNNI / AMX) W8A16 multiply int8 weights with an int8 form of x,
+// with exact int32 sums. Row m of x is held by `digits` consecutive rows of q from
+// q_row(digits, m):
+//   digits == 1, W8A8: x[m, :] ~ rs[m] * q[m, :], per-token quantization (quantize_rows);
+//   digits == 3 or 4, W8A16: x[m, :] = unit[m] * sum_d 256^d q[q_row + d, :] up to
+//     2^-(8 digits - 2) max|x[m, :]| (split_digits), so weights meet x as raw int8 bytes
+//     and are never widened; float32 x takes 4 digits, bfloat16 / float16 x 3.
+// q rows come in blocks of kQBlockRows (two AMX tiles), 32 / digits rows of x per block.
+// Rows of q are padded to ldq = round_up(K, kQuantPad) bytes (pad is zero).
 constexpr int64_t kQuantPad = 64;
-// Per row m: rs[m] = max|x[m, :]| / 127, q = round_half_even(x / rs) clamped to
-// [-127, 127] (0 for an all-zero row), qsum[m] = sum_k q[m, k]. Rows [m0, m1).
+constexpr int64_t kQBlockRows = 32;
+struct QuantX {
+  const int8_t* q;
+  int64_t ldq;
+  const int32_t* qsum;  // sum over k of each q row
+  int digits;
+  const float* rs;      // digits == 1: the row scales
+  const double* unit;   // digits > 1: 2^e per row of x, the value of the lowest digit
+};
+inline int64_t x_rows_per_block(int digits) { return kQBlockRows / digits; }
+inline int64_t q_row(int digits, int64_t m) {
+  const int64_t per_block = x_rows_per_block(digits);
+  return m / per_block * kQBlockRows + m % per_block * digits;
+}
+// Rows of q that M rows of x take.
+inline int64_t q_rows(int digits, int64_t M) { return M == 0 ? 0 : q_row(digits, M - 1) + digits; }
+
+// Per row m in [m0, m1): rs[m] = max|x[m, :]| / 127, q = round_half_even(x / rs) clamped to
+// [-127, 127] (0 for an all-zero row), qsum[m] = sum_k q[m, k]. digits == 1.
 void quantize_rows(Isa isa, const float* x, int64_t K, int8_t* q, int64_t ldq, float* rs,
                    int32_t* qsum, int64_t m0, int64_t m1);
-// y[m*ldy + n] = float(sum_k q[m, k] * w[n, k]) * rs[m] * scale[n] + bias[n], for
-// m in [m0, m1), n in [n0, n1); the integer sum is exact (int32).
-void int8_gemm_dynamic(Isa isa, const int8_t* q, int64_t ldq, const float* rs,
-                       const int32_t* qsum, int64_t K, const int8_t* w, const float* scale,
-                       const float* bias, float* y, int64_t ldy, int64_t m0, int64_t m1,
-                       int64_t n0, int64_t n1);
+// The digits of x rows [m0, m1) into q, unit and qsum as QuantX describes (AVX-512 only).
+// Returns false, leaving the rows partly written, if a row holds inf or NaN.
+bool split_digits(const float* x, int64_t K, int digits, int8_t* q, int64_t ldq,
+                  double* unit, int32_t* qsum, int64_t m0, int64_t m1);
+// y[m*ldy + n] = (x's int32 sums, combined per row of x) * scale[n] + bias[n], for rows of x
+// m in [m0, m1), n in [n0, n1). W8A8 rounds as the reference: float(sum) * rs[m] * scale[n].
+// AVX2 and scalar take digits == 1 only.
+void int8_gemm_dynamic(Isa isa, const QuantX& x, int64_t K, const int8_t* w,
+                       const float* scale, const float* bias, float* y, int64_t ldy,
+                       int64_t m0, int64_t m1, int64_t n0, int64_t n1);
 
 // AMX (isa avx512_amx): the weight rows are the A tiles (16 rows x 64 bytes, read in place)
-// and q, re-laid out by amx_pack_rows, the B tiles; the product tiles are 16 n x 16 m int32.
-// Needs K % kAmxK == 0; handles output columns [n0, n1) with n0, n1 multiples of 16
-// (the caller runs the last N % 16 columns with int8_gemm_dynamic) and rows [m0, m1)
-// with m0 a multiple of 16.
+// and q, re-laid out by amx_pack_rows, the B tiles; the product tiles are 16 n x 16 q rows
+// int32. Needs K % kAmxK == 0; handles output columns [n0, n1) with n0, n1 multiples of 16
+// (the caller runs the last N % 16 columns with int8_gemm_dynamic) and rows of x [m0, m1)
+// with m0 a multiple of x_rows_per_block(digits).
 constexpr int64_t kAmxK = 64;
 constexpr int64_t kAmxTile = 16;
-// qp: the quantized x [M, K] in B-tile layout, amx_pack_rows (amx.h) with row_bytes = K;
-// round_up(M, 16) * K bytes.
-void int8_gemm_amx(const int8_t* qp, const float* rs, int64_t K, const int8_t* w,
+// qp: q in B-tile layout, amx_pack_rows (amx.h) with row_bytes = K over q_rows(digits, M)
+// rows, padded with zero rows to a multiple of kQBlockRows.
+void int8_gemm_amx(const int8_t* qp, const QuantX& x, int64_t K, const int8_t* w,
                    const float* scale, const float* bias, float* y, int64_t ldy, int64_t M,
                    int64_t m0, int64_t m1, int64_t n0, int64_t n1);
 
