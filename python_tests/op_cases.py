@@ -46,6 +46,10 @@ INT4_SHAPES = [
     ((12,), 48, 256, 32),     # float x on AMX: one k-step per group
     ((16,), 40, 1024, 512),   # a group spanning the AMX kernel's 256-wide K chunks
     ((5,), 33, 100, 100),
+    ((4,), 48, 256, 64),      # AMX-INT8 digits from M = 5 with float32 / float16 x (M = 4 | 5)
+    ((5,), 48, 256, 64),
+    ((32,), 24, 128, 64),     # ... float16 x up to M = 32 (M = 32 | 33)
+    ((33,), 24, 128, 64),
     ((9,), 65, 384, 128),
     ((33,), 40, 200, 40),
     ((130,), 96, 512, 128),

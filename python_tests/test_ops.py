@@ -8,7 +8,7 @@ from myq_kernels import reference
 from op_cases import (DTYPES, INT4_SHAPES, INT8_OPS, LINEAR_OPS, LINEAR_SHAPES, PACK_SHAPES, assert_linear_close,
                       check_empty_batch, check_int4_linear, check_int8_op, check_pack_accepts_wider_integer_types,
                       check_pack_unpack_every_byte, check_pack_unpack_round_trip, check_params_in_other_dtypes,
-                      int8_expected, int8_weight)
+                      int4_expected, int4_weight, int8_expected, int8_weight, make_x)
 
 CPU_BACKENDS = [name for name, b in myq_kernels.backends().items() if "cpu" in b.devices and name != "triton"]
 
@@ -88,6 +88,19 @@ def test_int8_linear_with_k_beyond_exact_int32_digit_sums(backend):
 @pytest.mark.parametrize("symmetric", [False, True])
 def test_int4_linear(backend, poisoned_outputs, batch, n, k, group_size, dtype, symmetric):
     check_int4_linear(batch, n, k, group_size, dtype, symmetric)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("zero", ["fractional", "beyond int8"])
+def test_int4_linear_zero_points_int8_cannot_hold(backend, poisoned_outputs, dtype, zero):
+    """Zero points that are not integers, or that put q - zero outside int8, are valid: the
+    AMX-INT8 path (exact int8 q - zero tiles) must hand them to a float path."""
+    packed, scales, zeros = int4_weight(40, 256, 64, symmetric=False)
+    zeros = zeros + 0.25 if zero == "fractional" else zeros + 150.0
+    scales = scales / 20  # keeps float16 results finite with zero points near 150
+    x = make_x((8,), 256, dtype)
+    y = myq_kernels.int4_linear(x, packed, scales, zeros, 64)
+    assert_linear_close(y, *int4_expected(x, packed, scales, zeros, 64, None), dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

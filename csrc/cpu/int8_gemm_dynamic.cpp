@@ -19,6 +19,7 @@
 
 #include "amx.h"
 #include "kernels.h"
+#include "simd.h"
 
 namespace myq {
 namespace {
@@ -233,29 +234,21 @@ MYQ_TARGET_AMX void amx_block(const int8_t* w0, int64_t K, const int8_t* qb, int
 // q rows, see amx_block) whose q rows r0 .. r0 + digits - 1 hold row m of x; row_value's
 // arithmetic, 16 columns at a time. W8A8 keeps the reference's rounding: the _round_
 // intrinsics are never contracted into FMAs.
-MYQ_TARGET_AVX512 inline __m512i tile_column(const int32_t* c, int64_t r) {
-  const __m512i rows = _mm512_set_epi32(240, 224, 208, 192, 176, 160, 144, 128, 112, 96, 80, 64,
-                                        48, 32, 16, 0);  // c[n][r] at n * 16 + r
-  return _mm512_i32gather_epi32(rows, c + r / kAmxTile * 256 + r % kAmxTile, 4);
-}
-
 MYQ_TARGET_AVX512 void store_tile_row(const QuantX& x, int64_t m, const int32_t* c, int64_t r0,
                                       const float* scale, const float* bias, float* y) {
   constexpr int kRound = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+  // Column r of the tile pair holding q row r (tiles 256 values apart).
+  auto sums = [&](int64_t r) MYQ_TARGET_AVX512 {
+    return tile_column_bits(c + r / kAmxTile * 256, r % kAmxTile);
+  };
   __m512 v;
   if (x.digits == 1) {
-    v = _mm512_mul_round_ps(_mm512_cvtepi32_ps(tile_column(c, r0)), _mm512_set1_ps(x.rs[m]), kRound);
+    v = _mm512_mul_round_ps(_mm512_cvtepi32_ps(sums(r0)), _mm512_set1_ps(x.rs[m]), kRound);
   } else {
-    __m512d lo = _mm512_setzero_pd(), hi = _mm512_setzero_pd();
-    const __m512d base = _mm512_set1_pd(256.0);
-    for (int d = x.digits - 1; d >= 0; --d) {
-      const __m512i a = tile_column(c, r0 + d);
-      lo = _mm512_add_pd(_mm512_mul_pd(lo, base), _mm512_cvtepi32_pd(_mm512_castsi512_si256(a)));
-      hi = _mm512_add_pd(_mm512_mul_pd(hi, base), _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(a, 1)));
-    }
-    const __m512d unit = _mm512_set1_pd(x.unit[m]);
-    v = _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(_mm512_mul_pd(lo, unit))),
-                           _mm512_cvtpd_ps(_mm512_mul_pd(hi, unit)), 1);
+    v = combine_digits(x.digits, x.unit[m], [&](int d, int h) MYQ_TARGET_AVX512 {
+      const __m512i s = sums(r0 + d);
+      return _mm512_cvtepi32_pd(h ? _mm512_extracti64x4_epi64(s, 1) : _mm512_castsi512_si256(s));
+    });
   }
   v = _mm512_mul_round_ps(v, _mm512_loadu_ps(scale), kRound);
   if (bias) v = _mm512_add_round_ps(v, _mm512_loadu_ps(bias), kRound);

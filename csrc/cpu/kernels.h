@@ -88,10 +88,11 @@ inline int64_t q_rows(int digits, int64_t M) { return M == 0 ? 0 : q_row(digits,
 // [-127, 127] (0 for an all-zero row), qsum[m] = sum_k q[m, k]. digits == 1.
 void quantize_rows(Isa isa, const float* x, int64_t K, int8_t* q, int64_t ldq, float* rs,
                    int32_t* qsum, int64_t m0, int64_t m1);
-// The digits of x rows [m0, m1) into q, unit and qsum as QuantX describes (AVX-512 only).
+// The digits of x rows [m0, m1) into q, unit and qsum as QuantX describes (AVX-512 only);
+// int4_order: k reordered in chunks of kInt4Chunk as int4_prepare_x does (K % 32 == 0).
 // Returns false, leaving the rows partly written, if a row holds inf or NaN.
-bool split_digits(const float* x, int64_t K, int digits, int8_t* q, int64_t ldq,
-                  double* unit, int32_t* qsum, int64_t m0, int64_t m1);
+bool split_digits(const float* x, int64_t K, int digits, bool int4_order, int8_t* q,
+                  int64_t ldq, double* unit, int32_t* qsum, int64_t m0, int64_t m1);
 // y[m*ldy + n] = (x's int32 sums, combined per row of x) * scale[n] + bias[n], for rows of x
 // m in [m0, m1), n in [n0, n1). W8A8 rounds as the reference: float(sum) * rs[m] * scale[n].
 // AVX2 and scalar take digits == 1 only.
@@ -111,6 +112,16 @@ constexpr int64_t kAmxTile = 16;
 void int8_gemm_amx(const int8_t* qp, const QuantX& x, int64_t K, const int8_t* w,
                    const float* scale, const float* bias, float* y, int64_t ldy, int64_t M,
                    int64_t m0, int64_t m1, int64_t n0, int64_t n1);
+
+// ---- W4A16 on AMX-INT8 (int4_linear_amx.cpp) -----------------------------------------
+// x as digits in int4 order (split_digits with int4_order, packed as for int8_gemm_amx);
+// zeros int8 [N, K / group_size] integers with q - zero in int8 (null: 8); group_size % 64 == 0.
+// y[m*ldy + n] = sum_k x[m, k] * (q[n, k] - zeros[n, g]) * scales[n, g] + bias[n] for rows of
+// x [m0, m1) (m0 a multiple of x_rows_per_block(digits)) and columns [n0, n1).
+void int4_linear_amx_int8(const int8_t* qp, const QuantX& x, int64_t K, const uint8_t* packed,
+                          const float* scales, const int8_t* zeros, int64_t group_size,
+                          const float* bias, float* y, int64_t ldy, int64_t M, int64_t N,
+                          int64_t m0, int64_t m1, int64_t n0, int64_t n1);
 
 // ---- W8A16 / W4A16 on AMX-BF16 (amx_bf16_linear.cpp) ---------------------------------
 // x is packed once (amx_pack_rows with row_bytes = 2K) into B tiles; each thread converts

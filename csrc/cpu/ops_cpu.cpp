@@ -66,6 +66,8 @@ constexpr int64_t kAmxTileN = 64;
 // kernel takes 4 dot products per row of x and loses to the float GEMV from M = 2.
 constexpr int64_t kDigitsMaxK = (int64_t(1) << 17) - 1;
 constexpr int64_t kDigitsMaxMBFloat16 = 32;
+constexpr int64_t kInt4DigitsMinM = 5;
+constexpr int64_t kInt4DigitsMaxMFloat16 = 32;
 // Column blocks handed to threads in the gemv paths (a multiple of the kernels' 4 rows).
 constexpr int64_t kColBlock = 16;
 // Below this many multiply-adds per thread, run on one thread.
@@ -283,6 +285,22 @@ bool use_amx_bf16(Isa isa, const at::Tensor& x, int64_t M, int64_t K, int64_t mi
          K % kAmxBf16K == 0;
 }
 
+// x's int8 form (q rows of QuantX) re-laid out as AMX B tiles: amx_pack_rows over whole
+// 16-row blocks.
+at::Tensor amx_pack_q(const QuantX& xq, int64_t M, int64_t K) {
+  const int64_t rows = q_rows(xq.digits, M);
+  const int64_t blocks = (rows + kAmxTile - 1) / kAmxTile;
+  at::Tensor packed = at::empty({blocks * kAmxTile * K}, at::TensorOptions().dtype(at::kChar));
+  int8_t* dst = packed.mutable_data_ptr<int8_t>();
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    amx_pack_rows(xq.q, K, xq.ldq, rows, dst, b0, b1);
+  });
+  return packed;
+}
+
+// Output tasks of the int8 products on AMX: rows of x in whole blocks of 32 q rows.
+int64_t amx_task_rows(const QuantX& xq) { return kDynTileMBlocks * x_rows_per_block(xq.digits); }
+
 // y = the int8 product of weight w with x's int8 form (QuantX: W8A8 quantized rows or W8A16
 // digits), over M rows of x: AMX tiles from amx_min_m rows of x (avx512_amx, K % 64 == 0),
 // else the VNNI / AVX2 / scalar dot kernel, threads splitting N when M <= kSmallM.
@@ -290,18 +308,13 @@ void int8_product(Isa isa, const QuantX& xq, int64_t M, int64_t K, int64_t N, in
                   const int8_t* w, const float* scale, const float* bias, float* y) {
   const Isa vec = vector_isa(isa);
   if (isa == Isa::Avx512Amx && M >= amx_min_m && K % kAmxK == 0 && N >= kAmxTile) {
-    // AMX tiles: q re-laid out for the B tiles; the last N % 16 columns run below.
-    const int64_t rows = q_rows(xq.digits, M);
-    const int64_t blocks = (rows + kAmxTile - 1) / kAmxTile;
-    at::Tensor qpack = at::empty({blocks * kAmxTile * K}, at::TensorOptions().dtype(at::kChar));
-    int8_t* qpp = qpack.mutable_data_ptr<int8_t>();
-    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-      amx_pack_rows(xq.q, K, xq.ldq, rows, qpp, b0, b1);
-    });
+    // AMX tiles over the first N - N % 16 columns; the last N % 16 run below.
+    const at::Tensor packed = amx_pack_q(xq, M, K);
+    const int8_t* qp = packed.const_data_ptr<int8_t>();
     const int64_t n16 = N / kAmxTile * kAmxTile;
-    const int64_t tile_m = kDynTileMBlocks * x_rows_per_block(xq.digits);
-    parallel_tiles(M, n16, tile_m, kDynTileN, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-      int8_gemm_amx(qpp, xq, K, w, scale, bias, y, N, M, m0, m1, n0, n1);
+    parallel_tiles(M, n16, amx_task_rows(xq), kDynTileN,
+                   [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+      int8_gemm_amx(qp, xq, K, w, scale, bias, y, N, M, m0, m1, n0, n1);
     });
     if (n16 < N) {
       at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
@@ -313,41 +326,69 @@ void int8_product(Isa isa, const QuantX& xq, int64_t M, int64_t K, int64_t N, in
       int8_gemm_dynamic(vec, xq, K, w, scale, bias, y, N, 0, M, n0, n1);
     });
   } else {
-    parallel_tiles(M, N, kDynTileMBlocks * x_rows_per_block(xq.digits), kDynTileN,
+    parallel_tiles(M, N, amx_task_rows(xq), kDynTileN,
                    [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
       int8_gemm_dynamic(vec, xq, K, w, scale, bias, y, N, m0, m1, n0, n1);
     });
   }
 }
 
-// W8A16 as an int8 product with x's digits (x_digits.cpp). False, with nothing written to
-// y, when x holds inf or NaN: the caller then runs a float path, which propagates them.
-bool int8_linear_digits(Isa isa, const at::Tensor& x2, const int8_t* w, const float* scale,
-                        const float* bias, float* y, int64_t N) {
+// x [M, K] split into int8 digits (x_digits.cpp): 4 per row for float32 x, 3 for bfloat16 /
+// float16. The tensors hold the memory that `view` points into.
+struct DigitX {
+  at::Tensor q, qsum, unit;
+  QuantX view;
+};
+
+// Empty when x holds inf or NaN: the caller then runs a float path, which propagates them.
+std::optional<DigitX> split_x(const at::Tensor& x2, bool int4_order) {
   const int64_t M = x2.size(0), K = x2.size(1);
   const int digits = x2.scalar_type() == at::kFloat ? 4 : 3;
   const at::Tensor xf = x2.to(at::kFloat).contiguous();
   const int64_t ldq = (K + kQuantPad - 1) / kQuantPad * kQuantPad;
   const int64_t rows = (M + x_rows_per_block(digits) - 1) / x_rows_per_block(digits) * kQBlockRows;
-  at::Tensor q = at::empty({rows, ldq}, xf.options().dtype(at::kChar));
-  at::Tensor qsum = at::empty({rows}, xf.options().dtype(at::kInt));
-  at::Tensor unit = at::empty({M}, xf.options().dtype(at::kDouble));
+  DigitX d;
+  d.q = at::empty({rows, ldq}, xf.options().dtype(at::kChar));
+  d.qsum = at::empty({rows}, xf.options().dtype(at::kInt));
+  d.unit = at::empty({M}, xf.options().dtype(at::kDouble));
   std::atomic<bool> finite{true};
   at::parallel_for(0, M, std::max<int64_t>(1, kMinWorkPerThread / K), [&](int64_t m0, int64_t m1) {
-    if (!split_digits(xf.const_data_ptr<float>(), K, digits, q.mutable_data_ptr<int8_t>(), ldq,
-                      unit.mutable_data_ptr<double>(), qsum.mutable_data_ptr<int32_t>(), m0, m1))
+    if (!split_digits(xf.const_data_ptr<float>(), K, digits, int4_order,
+                      d.q.mutable_data_ptr<int8_t>(), ldq, d.unit.mutable_data_ptr<double>(),
+                      d.qsum.mutable_data_ptr<int32_t>(), m0, m1))
       finite = false;
   });
-  if (!finite) return false;
-  const QuantX xq{q.const_data_ptr<int8_t>(), ldq, qsum.const_data_ptr<int32_t>(), digits,
-                  nullptr, unit.const_data_ptr<double>()};
-  int8_product(isa, xq, M, K, N, /*amx_min_m=*/1, w, scale, bias, y);
-  return true;
+  if (!finite) return std::nullopt;
+  d.view = QuantX{d.q.const_data_ptr<int8_t>(), ldq, d.qsum.const_data_ptr<int32_t>(), digits,
+                  nullptr, d.unit.const_data_ptr<double>()};
+  return d;
 }
 
 bool use_digits(Isa isa, const at::Tensor& x, int64_t M, int64_t K, int64_t N) {
   return isa == Isa::Avx512Amx && K > 0 && K % kAmxK == 0 && K <= kDigitsMaxK &&
          N >= kAmxTile && (x.scalar_type() != at::kBFloat16 || M <= kDigitsMaxMBFloat16);
+}
+
+// int4_linear on AMX-INT8 with x's digits (int4_linear_amx.cpp), for whole 64-wide k-steps
+// per group. Measured against the GEMV and AMX-BF16 paths (4096 x 4096, g128, cold): float32
+// x 1.04x at M = 5, 1.4x at M = 12, 1.15-1.2x at M = 512 and 2048; float16 x 1.07-1.3x for
+// M = 5..16, even at 32, behind from M = 128; bfloat16 x behind from M = 16. Below M = 5
+// the GEMV wins: these AMX tiles run at ~15 G weights/s, below the int4 streaming rate.
+bool use_int4_digits(Isa isa, const at::Tensor& x, int64_t M, int64_t K, int64_t group_size) {
+  const at::ScalarType t = x.scalar_type();
+  return isa == Isa::Avx512Amx && group_size % kAmxK == 0 && K <= kDigitsMaxK &&
+         M >= kInt4DigitsMinM &&
+         (t == at::kFloat || (t == at::kHalf && M <= kInt4DigitsMaxMFloat16));
+}
+
+// The zero points as int8 for the AMX-INT8 int4 path (undefined: symmetric, zero 8), or
+// nothing when they are not integers with every q - zero in int8 (q in [0, 15]).
+std::optional<at::Tensor> int8_zeros(const at::Tensor& zeros) {
+  if (!zeros.defined()) return at::Tensor();
+  if (!at::equal(zeros, zeros.round()) || zeros.min().item<float>() < -112.f ||
+      zeros.max().item<float>() > 127.f)
+    return std::nullopt;
+  return zeros.to(at::kChar).contiguous();
 }
 
 // ---------------------------------------------------------------- ops
@@ -365,8 +406,10 @@ at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& weight,
   const float* bp = ptr_or_null<float>(b);
   float* yp = y.mutable_data_ptr<float>();
   const int8_t* wp = w.const_data_ptr<int8_t>();
-  if (use_digits(isa, x, M, K, N) && int8_linear_digits(isa, x2, wp, sp, bp, yp, N)) {
-    // x held inf or NaN when this is false: the paths below propagate them
+  const std::optional<DigitX> digits =
+      use_digits(isa, x, M, K, N) ? split_x(x2, /*int4_order=*/false) : std::nullopt;
+  if (digits) {
+    int8_product(isa, digits->view, M, K, N, /*amx_min_m=*/1, wp, sp, bp, yp);
   } else if (use_amx_bf16(isa, x, M, K, kAmxMinM, /*float_x=*/true)) {
     amx_bf16_grid(x2, N, [&](const XPlanes& xp, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
       int8_linear_amx_bf16(xp, K, wp, sp, bp, yp, N, M, N, m0, m1, n0, n1);
@@ -456,7 +499,19 @@ at::Tensor int4_linear_cpu(const at::Tensor& x, const at::Tensor& packed,
   float* yp = y.mutable_data_ptr<float>();
   const at::Tensor x2 = x.reshape({M, K});
   const int64_t amx_min_m = x.scalar_type() == at::kBFloat16 ? kAmxMinMInt4 : kAmxMinMInt4Float;
-  if (use_amx_bf16(isa, x, M, K, amx_min_m, /*float_x=*/true) && group_size % kAmxBf16K == 0) {
+  const std::optional<at::Tensor> zeros8 =
+      use_int4_digits(isa, x, M, K, group_size) ? int8_zeros(z) : std::nullopt;
+  const std::optional<DigitX> digits = zeros8 ? split_x(x2, /*int4_order=*/true) : std::nullopt;
+  if (digits) {
+    const at::Tensor qp = amx_pack_q(digits->view, M, K);
+    const int8_t* qpp = qp.const_data_ptr<int8_t>();
+    const int8_t* zp8 = ptr_or_null<int8_t>(*zeros8);
+    parallel_tiles(M, N, amx_task_rows(digits->view), kAmxTileN,
+                   [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+      int4_linear_amx_int8(qpp, digits->view, K, pp, sp, zp8, group_size, bp, yp, N, M, N, m0, m1,
+                           n0, n1);
+    });
+  } else if (use_amx_bf16(isa, x, M, K, amx_min_m, /*float_x=*/true) && group_size % kAmxBf16K == 0) {
     amx_bf16_grid(x2, N, [&](const XPlanes& xp, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
       int4_linear_amx_bf16(xp, K, pp, sp, zp, group_size, bp, yp, N, M, N, m0, m1, n0, n1);
     });

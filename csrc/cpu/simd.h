@@ -31,4 +31,27 @@ MYQ_TARGET_AVX512 inline void load_i8x32_ps(const int8_t* p, __m512* lo, __m512*
   *hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(b, 1)));
 }
 
+// 16 lanes of (sum_d 256^d part_d) * unit in double, rounded to float: a row of x's value
+// from its digit sums (QuantX in kernels.h). half(d, h) gives lanes 8h .. 8h + 7 of part_d
+// as double.
+template <typename Half>
+MYQ_TARGET_AVX512 inline __m512 combine_digits(int digits, double unit, const Half& half) {
+  __m512d v[2];
+  for (int h = 0; h < 2; ++h) {
+    v[h] = _mm512_setzero_pd();
+    for (int d = digits - 1; d >= 0; --d)
+      v[h] = _mm512_add_pd(_mm512_mul_pd(v[h], _mm512_set1_pd(256.0)), half(d, h));
+    v[h] = _mm512_mul_pd(v[h], _mm512_set1_pd(unit));
+  }
+  return _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(v[0])), _mm512_cvtpd_ps(v[1]), 1);
+}
+
+// The 16 values c[r + 16 j], j < 16: column r of a stored 16 x 16 tile (rows 64 bytes apart).
+template <typename T>
+MYQ_TARGET_AVX512 inline __m512i tile_column_bits(const T* c, int64_t r) {
+  const __m512i rows = _mm512_set_epi32(240, 224, 208, 192, 176, 160, 144, 128, 112, 96, 80, 64,
+                                        48, 32, 16, 0);
+  return _mm512_i32gather_epi32(rows, c + r, 4);
+}
+
 }  // namespace myq

@@ -18,8 +18,8 @@
 namespace myq {
 namespace {
 
-MYQ_TARGET_AVX512 bool split_row(const float* x, int64_t K, int digits, int8_t* q, int64_t ldq,
-                                 double* unit, int32_t* qsum) {
+MYQ_TARGET_AVX512 bool split_row(const float* x, int64_t K, int digits, bool int4_order,
+                                 int8_t* q, int64_t ldq, double* unit, int32_t* qsum) {
   __m512 vmax = _mm512_setzero_ps();
   __mmask16 special = 0;  // lanes that met inf or NaN
   for (int64_t k = 0; k < K; k += 16) {
@@ -37,17 +37,31 @@ MYQ_TARGET_AVX512 bool split_row(const float* x, int64_t K, int digits, int8_t* 
   const __m512 neg_e = _mm512_set1_ps(static_cast<float>(-e));
   __m512i sums[4];
   for (int d = 0; d < digits; ++d) sums[d] = _mm512_setzero_si512();
-  for (int64_t k = 0; k < ldq; k += 16) {
-    const int64_t left = K - k;
-    const __mmask16 mask = left >= 16 ? __mmask16(0xFFFF)
-                           : left > 0 ? static_cast<__mmask16>((1u << left) - 1) : __mmask16(0);
+  // The digits of 16 values v, to columns k .. k + 15 of the digit rows.
+  auto put = [&](__m512 v, int64_t k) MYQ_TARGET_AVX512 {
     // scalef multiplies by 2^-e exactly; cvtps_epi32 rounds half to even.
-    __m512i X = _mm512_cvtps_epi32(_mm512_scalef_ps(_mm512_maskz_loadu_ps(mask, x + k), neg_e));
+    __m512i X = _mm512_cvtps_epi32(_mm512_scalef_ps(v, neg_e));
     for (int d = 0; d < digits; ++d) {
       const __m512i digit = _mm512_srai_epi32(_mm512_slli_epi32(X, 24), 24);  // low byte, signed
       _mm_storeu_si128(reinterpret_cast<__m128i*>(q + d * ldq + k), _mm512_cvtepi32_epi8(digit));
       sums[d] = _mm512_add_epi32(sums[d], digit);
       X = _mm512_srai_epi32(_mm512_sub_epi32(X, digit), 8);
+    }
+  };
+  if (int4_order) {  // K % 32 == 0 == ldq - K
+    const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+    for (int64_t k = 0; k < K; k += kInt4Chunk) {
+      const __m512 a = _mm512_loadu_ps(x + k), b = _mm512_loadu_ps(x + k + 16);
+      put(_mm512_permutex2var_ps(a, even, b), k);
+      put(_mm512_permutex2var_ps(a, odd, b), k + 16);
+    }
+  } else {
+    for (int64_t k = 0; k < ldq; k += 16) {
+      const int64_t left = K - k;
+      const __mmask16 mask = left >= 16 ? __mmask16(0xFFFF)
+                             : left > 0 ? static_cast<__mmask16>((1u << left) - 1) : __mmask16(0);
+      put(_mm512_maskz_loadu_ps(mask, x + k), k);
     }
   }
   for (int d = 0; d < digits; ++d) qsum[d] = _mm512_reduce_add_epi32(sums[d]);
@@ -56,12 +70,13 @@ MYQ_TARGET_AVX512 bool split_row(const float* x, int64_t K, int digits, int8_t* 
 
 }  // namespace
 
-bool split_digits(const float* x, int64_t K, int digits, int8_t* q, int64_t ldq, double* unit,
-                  int32_t* qsum, int64_t m0, int64_t m1) {
+bool split_digits(const float* x, int64_t K, int digits, bool int4_order, int8_t* q, int64_t ldq,
+                  double* unit, int32_t* qsum, int64_t m0, int64_t m1) {
   const int64_t per_block = x_rows_per_block(digits);
   for (int64_t m = m0; m < m1; ++m) {
     const int64_t r = q_row(digits, m);
-    if (!split_row(x + m * K, K, digits, q + r * ldq, ldq, unit + m, qsum + r)) return false;
+    if (!split_row(x + m * K, K, digits, int4_order, q + r * ldq, ldq, unit + m, qsum + r))
+      return false;
     // The AMX kernel reads a block's spare rows (32 % digits of them) as B-tile columns whose
     // sums it ignores; zero keeps them defined.
     const int64_t used = per_block * digits;
