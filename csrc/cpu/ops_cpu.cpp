@@ -14,6 +14,9 @@
 //   int8_linear on AMX,       before all of the above: x split into 3-4 int8 digits per row
 //   K % 64 == 0, N >= 16      (x_digits.cpp) and multiplied on AMX-INT8 like W8A8, so the
 //                             weights are never widened (bfloat16 x: M <= 32 only).
+//   int4_linear on AMX,       likewise from M = 5 with float32 x (float16 x: M = 5..32) and
+//   group_size % 64 == 0      integer zero points, on exact int8 q - zero tiles
+//                             (int4_linear_amx.cpp).
 //   int8_linear_dynamic       quantize x once, then the int8 product (int8_product): AMX
 //                             tiles (avx512_amx, M >= kAmxMinM, K % 64 == 0), else the VNNI /
 //                             AVX2 / scalar dot kernel (threads split N when M <= kSmallM).
