@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 
 #include "isa.h"
 
@@ -84,14 +85,17 @@ inline int64_t q_row(int digits, int64_t m) {
 // Rows of q that M rows of x take.
 inline int64_t q_rows(int digits, int64_t M) { return M == 0 ? 0 : q_row(digits, M - 1) + digits; }
 
+// x is float, c10::BFloat16 or c10::Half (read in its own dtype).
 // Per row m in [m0, m1): rs[m] = max|x[m, :]| / 127, q = round_half_even(x / rs) clamped to
 // [-127, 127] (0 for an all-zero row), qsum[m] = sum_k q[m, k]. digits == 1.
-void quantize_rows(Isa isa, const float* x, int64_t K, int8_t* q, int64_t ldq, float* rs,
+template <typename T>
+void quantize_rows(Isa isa, const T* x, int64_t K, int8_t* q, int64_t ldq, float* rs,
                    int32_t* qsum, int64_t m0, int64_t m1);
 // The digits of x rows [m0, m1) into q, unit and qsum as QuantX describes (AVX-512 only);
 // int4_order: k reordered in chunks of kInt4Chunk as int4_prepare_x does (K % 32 == 0).
 // Returns false, leaving the rows partly written, if a row holds inf or NaN.
-bool split_digits(const float* x, int64_t K, int digits, bool int4_order, int8_t* q,
+template <typename T>
+bool split_digits(const T* x, int64_t K, int digits, bool int4_order, int8_t* q,
                   int64_t ldq, double* unit, int32_t* qsum, int64_t m0, int64_t m1);
 // y[m*ldy + n] = (x's int32 sums, combined per row of x) * scale[n] + bias[n], for rows of x
 // m in [m0, m1), n in [n0, n1). W8A8 rounds as the reference: float(sum) * rs[m] * scale[n].

@@ -129,12 +129,26 @@ at::Tensor finish(const at::Tensor& y, const at::Tensor& x, int64_t n) {
   return out.view(out_shape(x, n));
 }
 
+// fn(p) with p x's data as const float*, c10::BFloat16* or c10::Half*: kernels that read x in
+// its own dtype (a float32 copy of x costs more than the read, see simd.h's load_x16).
+template <typename Fn>
+void with_x_data(const at::Tensor& x, const Fn& fn) {
+  switch (x.scalar_type()) {
+    case at::kFloat: fn(x.const_data_ptr<float>()); break;
+    case at::kBFloat16: fn(x.const_data_ptr<c10::BFloat16>()); break;
+    default: fn(x.const_data_ptr<c10::Half>()); break;
+  }
+}
+
 // ---------------------------------------------------------------- scratch
 // A per-thread buffer kept across calls: a fresh multi-MB allocation per call costs page
-// faults on every use. Freed when a request exceeds kScratchKeepBytes.
+// faults on every use (the 2 x 32 MB of a 2048 x 4096 float32 x's digits and their B-tile
+// packing: ~20 ms per call). Freed when a request exceeds kScratchKeepBytes. Each slot is
+// its own buffer: kTileSlot in the worker threads, the others in the calling thread.
 constexpr size_t kScratchKeepBytes = size_t(64) << 20;
+enum ScratchSlot { kTileSlot, kQSlot, kPackedQSlot };
 
-template <typename T>
+template <typename T, ScratchSlot kSlot = kTileSlot>
 T* scratch(int64_t count) {
   struct Buffer {
     void* ptr = nullptr;
@@ -289,16 +303,15 @@ bool use_amx_bf16(Isa isa, const at::Tensor& x, int64_t M, int64_t K, int64_t mi
 }
 
 // x's int8 form (q rows of QuantX) re-laid out as AMX B tiles: amx_pack_rows over whole
-// 16-row blocks.
-at::Tensor amx_pack_q(const QuantX& xq, int64_t M, int64_t K) {
+// 16-row blocks, into the calling thread's scratch (valid until its next call).
+const int8_t* amx_pack_q(const QuantX& xq, int64_t M, int64_t K) {
   const int64_t rows = q_rows(xq.digits, M);
   const int64_t blocks = (rows + kAmxTile - 1) / kAmxTile;
-  at::Tensor packed = at::empty({blocks * kAmxTile * K}, at::TensorOptions().dtype(at::kChar));
-  int8_t* dst = packed.mutable_data_ptr<int8_t>();
+  int8_t* dst = scratch<int8_t, kPackedQSlot>(blocks * kAmxTile * K);
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
     amx_pack_rows(xq.q, K, xq.ldq, rows, dst, b0, b1);
   });
-  return packed;
+  return dst;
 }
 
 // Output tasks of the int8 products on AMX: rows of x in whole blocks of 32 q rows.
@@ -312,8 +325,7 @@ void int8_product(Isa isa, const QuantX& xq, int64_t M, int64_t K, int64_t N, in
   const Isa vec = vector_isa(isa);
   if (isa == Isa::Avx512Amx && M >= amx_min_m && K % kAmxK == 0 && N >= kAmxTile) {
     // AMX tiles over the first N - N % 16 columns; the last N % 16 run below.
-    const at::Tensor packed = amx_pack_q(xq, M, K);
-    const int8_t* qp = packed.const_data_ptr<int8_t>();
+    const int8_t* qp = amx_pack_q(xq, M, K);
     const int64_t n16 = N / kAmxTile * kAmxTile;
     parallel_tiles(M, n16, amx_task_rows(xq), kDynTileN,
                    [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
@@ -337,9 +349,9 @@ void int8_product(Isa isa, const QuantX& xq, int64_t M, int64_t K, int64_t N, in
 }
 
 // x [M, K] split into int8 digits (x_digits.cpp): 4 per row for float32 x, 3 for bfloat16 /
-// float16. The tensors hold the memory that `view` points into.
+// float16. The tensors and the calling thread's q scratch hold the memory `view` points into.
 struct DigitX {
-  at::Tensor q, qsum, unit;
+  at::Tensor qsum, unit;
   QuantX view;
 };
 
@@ -347,22 +359,24 @@ struct DigitX {
 std::optional<DigitX> split_x(const at::Tensor& x2, bool int4_order) {
   const int64_t M = x2.size(0), K = x2.size(1);
   const int digits = x2.scalar_type() == at::kFloat ? 4 : 3;
-  const at::Tensor xf = x2.to(at::kFloat).contiguous();
+  const at::Tensor xc = x2.contiguous();
   const int64_t ldq = (K + kQuantPad - 1) / kQuantPad * kQuantPad;
   const int64_t rows = (M + x_rows_per_block(digits) - 1) / x_rows_per_block(digits) * kQBlockRows;
   DigitX d;
-  d.q = at::empty({rows, ldq}, xf.options().dtype(at::kChar));
-  d.qsum = at::empty({rows}, xf.options().dtype(at::kInt));
-  d.unit = at::empty({M}, xf.options().dtype(at::kDouble));
+  int8_t* q = scratch<int8_t, kQSlot>(rows * ldq);
+  d.qsum = at::empty({rows}, xc.options().dtype(at::kInt));
+  d.unit = at::empty({M}, xc.options().dtype(at::kDouble));
   std::atomic<bool> finite{true};
-  at::parallel_for(0, M, std::max<int64_t>(1, kMinWorkPerThread / K), [&](int64_t m0, int64_t m1) {
-    if (!split_digits(xf.const_data_ptr<float>(), K, digits, int4_order,
-                      d.q.mutable_data_ptr<int8_t>(), ldq, d.unit.mutable_data_ptr<double>(),
-                      d.qsum.mutable_data_ptr<int32_t>(), m0, m1))
-      finite = false;
+  with_x_data(xc, [&](const auto* xp) {
+    at::parallel_for(0, M, std::max<int64_t>(1, kMinWorkPerThread / K), [&](int64_t m0, int64_t m1) {
+      if (!split_digits(xp, K, digits, int4_order, q, ldq,
+                        d.unit.mutable_data_ptr<double>(), d.qsum.mutable_data_ptr<int32_t>(), m0,
+                        m1))
+        finite = false;
+    });
   });
   if (!finite) return std::nullopt;
-  d.view = QuantX{d.q.const_data_ptr<int8_t>(), ldq, d.qsum.const_data_ptr<int32_t>(), digits,
+  d.view = QuantX{q, ldq, d.qsum.const_data_ptr<int32_t>(), digits,
                   nullptr, d.unit.const_data_ptr<double>()};
   return d;
 }
@@ -447,19 +461,19 @@ at::Tensor int8_linear_dynamic_cpu(const at::Tensor& x, const at::Tensor& weight
   if (y.numel() == 0) return finish(y, x, N);
   const Isa isa = cpu_isa(), vec = vector_isa(isa);
   const at::Tensor w = weight.contiguous();
-  const at::Tensor xf = x.reshape({M, K}).to(at::kFloat).contiguous();
+  const at::Tensor x2 = x.reshape({M, K}).contiguous();
   const int64_t ldq = (K + kQuantPad - 1) / kQuantPad * kQuantPad;
-  at::Tensor q = at::empty({M, ldq}, x.options().dtype(at::kChar));
   at::Tensor rs = at::empty({M}, x.options().dtype(at::kFloat));
   at::Tensor qsum = at::empty({M}, x.options().dtype(at::kInt));
-  const float* xp = xf.const_data_ptr<float>();
-  int8_t* qp = q.mutable_data_ptr<int8_t>();
+  int8_t* qp = scratch<int8_t, kQSlot>(M * ldq);
   float* rsp = rs.mutable_data_ptr<float>();
   int32_t* qsp = qsum.mutable_data_ptr<int32_t>();
-  at::parallel_for(0, M, std::max<int64_t>(1, kMinWorkPerThread / std::max<int64_t>(1, K)),
-                   [&](int64_t m0, int64_t m1) {
-                     quantize_rows(vec, xp, K, qp, ldq, rsp, qsp, m0, m1);
-                   });
+  with_x_data(x2, [&](const auto* xp) {
+    at::parallel_for(0, M, std::max<int64_t>(1, kMinWorkPerThread / std::max<int64_t>(1, K)),
+                     [&](int64_t m0, int64_t m1) {
+                       quantize_rows(vec, xp, K, qp, ldq, rsp, qsp, m0, m1);
+                     });
+  });
   const int8_t* wp = w.const_data_ptr<int8_t>();
   const float* sp = s.const_data_ptr<float>();
   const float* bp = ptr_or_null<float>(b);
@@ -506,8 +520,7 @@ at::Tensor int4_linear_cpu(const at::Tensor& x, const at::Tensor& packed,
       use_int4_digits(isa, x, M, K, group_size) ? int8_zeros(z) : std::nullopt;
   const std::optional<DigitX> digits = zeros8 ? split_x(x2, /*int4_order=*/true) : std::nullopt;
   if (digits) {
-    const at::Tensor qp = amx_pack_q(digits->view, M, K);
-    const int8_t* qpp = qp.const_data_ptr<int8_t>();
+    const int8_t* qpp = amx_pack_q(digits->view, M, K);
     const int8_t* zp8 = ptr_or_null<int8_t>(*zeros8);
     parallel_tiles(M, N, amx_task_rows(digits->view), kAmxTileN,
                    [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {

@@ -14,17 +14,19 @@
 #include <cstring>
 
 #include "kernels.h"
+#include "simd.h"
 
 namespace myq {
 namespace {
 
-MYQ_TARGET_AVX512 bool split_row(const float* x, int64_t K, int digits, bool int4_order,
+template <typename T>
+MYQ_TARGET_AVX512 bool split_row(const T* x, int64_t K, int digits, bool int4_order,
                                  int8_t* q, int64_t ldq, double* unit, int32_t* qsum) {
   __m512 vmax = _mm512_setzero_ps();
   __mmask16 special = 0;  // lanes that met inf or NaN
   for (int64_t k = 0; k < K; k += 16) {
     const __mmask16 mask = K - k >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (K - k)) - 1);
-    const __m512 v = _mm512_maskz_loadu_ps(mask, x + k);
+    const __m512 v = load_x16(x + k, mask);
     special |= _mm512_fpclass_ps_mask(v, 0x99);  // QNaN | +inf | -inf | SNaN
     vmax = _mm512_max_ps(vmax, _mm512_abs_ps(v));
   }
@@ -52,7 +54,7 @@ MYQ_TARGET_AVX512 bool split_row(const float* x, int64_t K, int digits, bool int
     const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
     const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
     for (int64_t k = 0; k < K; k += kInt4Chunk) {
-      const __m512 a = _mm512_loadu_ps(x + k), b = _mm512_loadu_ps(x + k + 16);
+      const __m512 a = load_x16(x + k, 0xFFFF), b = load_x16(x + k + 16, 0xFFFF);
       put(_mm512_permutex2var_ps(a, even, b), k);
       put(_mm512_permutex2var_ps(a, odd, b), k + 16);
     }
@@ -61,7 +63,7 @@ MYQ_TARGET_AVX512 bool split_row(const float* x, int64_t K, int digits, bool int
       const int64_t left = K - k;
       const __mmask16 mask = left >= 16 ? __mmask16(0xFFFF)
                              : left > 0 ? static_cast<__mmask16>((1u << left) - 1) : __mmask16(0);
-      put(_mm512_maskz_loadu_ps(mask, x + k), k);
+      put(load_x16(x + k, mask), k);
     }
   }
   for (int d = 0; d < digits; ++d) qsum[d] = _mm512_reduce_add_epi32(sums[d]);
@@ -70,7 +72,8 @@ MYQ_TARGET_AVX512 bool split_row(const float* x, int64_t K, int digits, bool int
 
 }  // namespace
 
-bool split_digits(const float* x, int64_t K, int digits, bool int4_order, int8_t* q, int64_t ldq,
+template <typename T>
+bool split_digits(const T* x, int64_t K, int digits, bool int4_order, int8_t* q, int64_t ldq,
                   double* unit, int32_t* qsum, int64_t m0, int64_t m1) {
   const int64_t per_block = x_rows_per_block(digits);
   for (int64_t m = m0; m < m1; ++m) {
@@ -85,5 +88,12 @@ bool split_digits(const float* x, int64_t K, int digits, bool int4_order, int8_t
   }
   return true;
 }
+
+template bool split_digits<float>(const float*, int64_t, int, bool, int8_t*, int64_t, double*,
+                                  int32_t*, int64_t, int64_t);
+template bool split_digits<c10::BFloat16>(const c10::BFloat16*, int64_t, int, bool, int8_t*,
+                                          int64_t, double*, int32_t*, int64_t, int64_t);
+template bool split_digits<c10::Half>(const c10::Half*, int64_t, int, bool, int8_t*, int64_t,
+                                      double*, int32_t*, int64_t, int64_t);
 
 }  // namespace myq
