@@ -6,6 +6,7 @@
 #include <immintrin.h>
 
 #include <cstdint>
+#include <vector>
 
 #include "isa.h"
 
@@ -33,6 +34,16 @@ MYQ_TARGET_AMX inline void amx_begin() {
 }
 
 MYQ_TARGET_AMX inline void amx_end() { _tile_release(); }
+
+// The weight-side A tiles of the W8A16 / W4A16 AMX kernels: 2 x 16 weight rows converted at a
+// time into a per-thread row-major buffer, kept across calls.
+constexpr int64_t kAmxRowPair = 32;
+template <typename T>
+T* amx_a_buffer(size_t elems) {
+  thread_local std::vector<T> buf;
+  if (buf.size() < elems) buf.resize(elems);
+  return buf.data();
+}
 
 // B-tile layout of a row-major matrix with `row_bytes` bytes per row (a multiple of 4),
 // rows `src_stride` bytes apart:

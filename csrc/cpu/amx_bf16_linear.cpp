@@ -11,7 +11,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <vector>
 
 #include "amx.h"
 #include "kernels.h"
@@ -20,7 +19,7 @@
 namespace myq {
 namespace {
 
-constexpr int64_t kPair = 2 * kAmxTile;  // weight rows converted per step
+constexpr int64_t kPair = kAmxRowPair;  // weight rows converted per step
 constexpr int kTileElems = 16 * 32;      // bf16 elements in one 16 x 32 tile
 
 // float -> bfloat16 bits, round to nearest even (finite values), 16 lanes.
@@ -152,12 +151,6 @@ void tiles_run(const uint16_t* a, int64_t lda, const XPlanes& x, const uint16_t*
   if (store) tiles_store<MT>(c);
 }
 
-uint16_t* a_buffer(size_t elems) {
-  thread_local std::vector<uint16_t> buf;
-  if (buf.size() < elems) buf.resize(elems);
-  return buf.data();
-}
-
 // y[m, n] = c * scale[n] + bias[n] for the valid rows / columns of an n-pair x m-pair.
 void epilogue(const float* c, int mt, int64_t n, int64_t m, int64_t mlim, int64_t nlim,
               const float* scale, const float* bias, float* y, int64_t ldy) {
@@ -241,7 +234,7 @@ void run(const XPlanes& x, int64_t K, const Convert& convert, const GroupScales&
     // One pass over x: convert and multiply K chunk by K chunk, the products staying in
     // the tile registers; the converted chunk (32 x 256 bf16) stays in L1.
     const int64_t lda = kChunkK + 32;  // + a cache line: tile rows spread over L1 sets
-    uint16_t* a = a_buffer(kPair * lda);
+    uint16_t* a = amx_a_buffer<uint16_t>(kPair * lda);
     const int mt = m0 + kAmxTile < m1 ? 2 : 1;
     const uint16_t* xb = x16 + (m0 / kAmxTile) * xblock;
     for (int64_t n = n0; n < n1; n += kPair) {
@@ -255,7 +248,7 @@ void run(const XPlanes& x, int64_t K, const Convert& convert, const GroupScales&
   } else {
     // Convert 32 full weight rows once (into L2), then sweep the rows of x over them.
     const int64_t lda = K + 32;
-    uint16_t* a = a_buffer(kPair * lda);
+    uint16_t* a = amx_a_buffer<uint16_t>(kPair * lda);
     for (int64_t n = n0; n < n1; n += kPair) {
       convert(n, 0, K, a, lda);
       for (int64_t m = m0; m < m1; m += kPair) {

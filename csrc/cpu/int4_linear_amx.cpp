@@ -11,7 +11,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <vector>
 
 #include "amx.h"
 #include "kernels.h"
@@ -20,13 +19,7 @@
 namespace myq {
 namespace {
 
-constexpr int64_t kRowPair = 2 * kAmxTile;  // weight rows unpacked per step
-
-int8_t* a_buffer(size_t bytes) {
-  thread_local std::vector<int8_t> buf;
-  if (buf.size() < bytes) buf.resize(bytes);
-  return buf.data();
-}
+constexpr int64_t kRowPair = kAmxRowPair;  // weight rows unpacked per step
 
 // a[rr * lda + k] = q[n0 + rr, k'] - zero[n0 + rr, k' / group_size] for rr < 32, with k' the
 // natural position of reordered column k; rows >= N are zero. Prefetches 32 rows ahead.
@@ -129,7 +122,7 @@ void int4_linear_amx_int8(const int8_t* qp, const QuantX& x, int64_t K, const ui
   // 32 whole rows unpacked at a time (into L2), every block of x swept over them. Unpacking
   // group by group into L1 instead measured 5-10% slower at M = 4 and 8.
   const int64_t lda = K + 64;  // + a cache line: the rows spread over L1 sets
-  int8_t* a = a_buffer(kRowPair * lda);
+  int8_t* a = amx_a_buffer<int8_t>(kRowPair * lda);
   alignas(64) int32_t c[4 * 256];
   alignas(64) float acc[4 * 256];
   m1 = std::min(m1, M);

@@ -68,6 +68,7 @@ void int4_dequant(Isa isa, const uint8_t* packed, const float* scales, const flo
 // q rows come in blocks of kQBlockRows (two AMX tiles), 32 / digits rows of x per block.
 // Rows of q are padded to ldq = round_up(K, kQuantPad) bytes (pad is zero).
 constexpr int64_t kQuantPad = 64;
+inline int64_t quant_row_bytes(int64_t K) { return (K + kQuantPad - 1) / kQuantPad * kQuantPad; }
 constexpr int64_t kQBlockRows = 32;
 struct QuantX {
   const int8_t* q;

@@ -29,6 +29,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdlib>
 #include <string>
 #include <vector>
@@ -360,7 +361,7 @@ std::optional<DigitX> split_x(const at::Tensor& x2, bool int4_order) {
   const int64_t M = x2.size(0), K = x2.size(1);
   const int digits = x2.scalar_type() == at::kFloat ? 4 : 3;
   const at::Tensor xc = x2.contiguous();
-  const int64_t ldq = (K + kQuantPad - 1) / kQuantPad * kQuantPad;
+  const int64_t ldq = quant_row_bytes(K);
   const int64_t rows = (M + x_rows_per_block(digits) - 1) / x_rows_per_block(digits) * kQBlockRows;
   DigitX d;
   int8_t* q = scratch<int8_t, kQSlot>(rows * ldq);
@@ -399,13 +400,18 @@ bool use_int4_digits(Isa isa, const at::Tensor& x, int64_t M, int64_t K, int64_t
 }
 
 // The zero points as int8 for the AMX-INT8 int4 path (undefined: symmetric, zero 8), or
-// nothing when they are not integers with every q - zero in int8 (q in [0, 15]).
+// nothing when they are not integers with every q - zero in int8 (q in [0, 15]). One pass:
+// this runs on every call.
 std::optional<at::Tensor> int8_zeros(const at::Tensor& zeros) {
   if (!zeros.defined()) return at::Tensor();
-  if (!at::equal(zeros, zeros.round()) || zeros.min().item<float>() < -112.f ||
-      zeros.max().item<float>() > 127.f)
-    return std::nullopt;
-  return zeros.to(at::kChar).contiguous();
+  at::Tensor out = at::empty(zeros.sizes(), zeros.options().dtype(at::kChar));
+  const float* z = zeros.const_data_ptr<float>();
+  int8_t* o = out.mutable_data_ptr<int8_t>();
+  for (int64_t i = 0; i < zeros.numel(); ++i) {
+    if (!(z[i] >= -112.f && z[i] <= 127.f) || z[i] != std::nearbyint(z[i])) return std::nullopt;
+    o[i] = static_cast<int8_t>(z[i]);
+  }
+  return out;
 }
 
 // ---------------------------------------------------------------- ops
@@ -462,7 +468,7 @@ at::Tensor int8_linear_dynamic_cpu(const at::Tensor& x, const at::Tensor& weight
   const Isa isa = cpu_isa(), vec = vector_isa(isa);
   const at::Tensor w = weight.contiguous();
   const at::Tensor x2 = x.reshape({M, K}).contiguous();
-  const int64_t ldq = (K + kQuantPad - 1) / kQuantPad * kQuantPad;
+  const int64_t ldq = quant_row_bytes(K);
   at::Tensor rs = at::empty({M}, x.options().dtype(at::kFloat));
   at::Tensor qsum = at::empty({M}, x.options().dtype(at::kInt));
   int8_t* qp = scratch<int8_t, kQSlot>(M * ldq);
