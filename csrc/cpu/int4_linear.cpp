@@ -108,84 +108,99 @@ MYQ_TARGET_AVX512 void block_avx512(const float* xp, int64_t K, int64_t gs,
 }
 
 // ---------------------------------------------------------------- AVX2
-template <int MR>
+// The unscaled partial sums of a group and the scaled totals take 2 MR NR registers: NR
+// shrinks as MR grows (rows_per_block), so the weights are widened once for up to 4 rows of x.
+template <int MR, int NR>
 MYQ_TARGET_AVX2 void block_avx2(const float* xp, int64_t K, int64_t gs,
                                 const uint8_t* const* pr, const float* const* sr, float* out) {
   const __m256i low4 = _mm256_set1_epi32(15);
-  __m256 acc[MR][kNR];
+  __m256 acc[MR][NR];
   for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < kNR; ++j) acc[i][j] = _mm256_setzero_ps();
+    for (int j = 0; j < NR; ++j) acc[i][j] = _mm256_setzero_ps();
   const int64_t G = K / gs;
   for (int64_t g = 0; g < G; ++g) {
-    __m256 part[MR][kNR];
+    __m256 part[MR][NR];
     for (int i = 0; i < MR; ++i)
-      for (int j = 0; j < kNR; ++j) part[i][j] = _mm256_setzero_ps();
+      for (int j = 0; j < NR; ++j) part[i][j] = _mm256_setzero_ps();
     for (int64_t k = g * gs; k < (g + 1) * gs; k += kInt4Chunk) {
       for (int h = 0; h < 2; ++h) {  // bytes 0..7 then 8..15 of the chunk
-        __m256 xlo[MR], xhi[MR];
-        for (int i = 0; i < MR; ++i) {
-          xlo[i] = _mm256_loadu_ps(xp + i * K + k + 8 * h);
-          xhi[i] = _mm256_loadu_ps(xp + i * K + k + 16 + 8 * h);
-        }
-        for (int j = 0; j < kNR; ++j) {
+        for (int j = 0; j < NR; ++j) {
           __m256i v = _mm256_cvtepu8_epi32(
               _mm_loadl_epi64(reinterpret_cast<const __m128i*>(pr[j] + k / 2 + 8 * h)));
           __m256 lo = _mm256_cvtepi32_ps(_mm256_and_si256(v, low4));
           __m256 hi = _mm256_cvtepi32_ps(_mm256_srli_epi32(v, 4));
           for (int i = 0; i < MR; ++i) {
-            part[i][j] = _mm256_fmadd_ps(xlo[i], lo, part[i][j]);
-            part[i][j] = _mm256_fmadd_ps(xhi[i], hi, part[i][j]);
+            part[i][j] = _mm256_fmadd_ps(_mm256_loadu_ps(xp + i * K + k + 8 * h), lo, part[i][j]);
+            part[i][j] = _mm256_fmadd_ps(_mm256_loadu_ps(xp + i * K + k + 16 + 8 * h), hi, part[i][j]);
           }
         }
       }
     }
-    for (int j = 0; j < kNR; ++j) {
+    for (int j = 0; j < NR; ++j) {
       const __m256 s = _mm256_set1_ps(sr[j][g]);
       for (int i = 0; i < MR; ++i) acc[i][j] = _mm256_fmadd_ps(part[i][j], s, acc[i][j]);
     }
   }
   for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < kNR; ++j) out[i * kNR + j] = hsum_avx2(acc[i][j]);
+    for (int j = 0; j < NR; ++j) out[i * NR + j] = hsum_avx2(acc[i][j]);
 }
+
+// Weight rows per block for MR rows of x: AVX-512 always kNR.
+template <bool kAvx512>
+constexpr int rows_per_block(int mr) {
+  return kAvx512 ? kNR : mr == 1 ? 4 : mr == 2 ? 2 : 1;
+}
+
+template <int MR, bool kAvx512>
+void run_block(const float* xp, int64_t K, int64_t gs, const uint8_t* const* pr,
+               const float* const* sr, const float* const* zr, float* out) {
+  if constexpr (kAvx512) block_avx512<MR>(xp, K, gs, pr, sr, zr, out);
+  else block_avx2<MR, rows_per_block<false>(MR)>(xp, K, gs, pr, sr, out);
+}
+
+// Columns [n0, n1) in blocks of kColumns weight rows (L2-resident while every block of MR
+// rows of x passes over them, so the weights stream from memory once for any M).
+constexpr int64_t kColumns = 16;
 
 template <bool kAvx512>
 void gemv_vector(const float* xp, const float* xsum, int64_t M, int64_t K,
                  const uint8_t* packed, const float* scales, const float* zeros, int64_t gs,
                  const float* bias, float* y, int64_t ldy, int64_t n0, int64_t n1) {
-  constexpr int kMaxMR = kAvx512 ? 4 : 1;  // AVX2 keeps per-group partials in registers
+  constexpr int kMaxMR = 4;
   const int64_t G = K / gs;
   float out[kMaxMR * kNR];
-  for (int64_t nb = n0; nb < n1; nb += kNR) {
-    const int nr = static_cast<int>(std::min<int64_t>(kNR, n1 - nb));
-    const uint8_t* pr[kNR];
-    const float* sr[kNR];
-    const float* zr[kNR];
-    for (int j = 0; j < kNR; ++j) {
-      const int64_t n = nb + std::min(j, nr - 1);  // pad: repeat the last row
-      pr[j] = packed + n * (K / 2);
-      sr[j] = scales + n * G;
-      zr[j] = zeros ? zeros + n * G : nullptr;
-    }
+  for (int64_t nc = n0; nc < n1; nc += kColumns) {
+    const int64_t nc1 = std::min(n1, nc + kColumns);
     for (int64_t m = 0; m < M; m += kMaxMR) {
       const int mr = static_cast<int>(std::min<int64_t>(kMaxMR, M - m));
+      const int nr_block = rows_per_block<kAvx512>(mr);
       const float* xm = xp + m * K;
-      if constexpr (kAvx512) {
-        switch (mr) {
-          case 1: block_avx512<1>(xm, K, gs, pr, sr, zr, out); break;
-          case 2: block_avx512<2>(xm, K, gs, pr, sr, zr, out); break;
-          case 3: block_avx512<3>(xm, K, gs, pr, sr, zr, out); break;
-          default: block_avx512<4>(xm, K, gs, pr, sr, zr, out); break;
+      for (int64_t nb = nc; nb < nc1; nb += nr_block) {
+        const int nr = static_cast<int>(std::min<int64_t>(nr_block, nc1 - nb));
+        const uint8_t* pr[kNR];
+        const float* sr[kNR];
+        const float* zr[kNR];
+        for (int j = 0; j < nr_block; ++j) {
+          const int64_t n = nb + std::min(j, nr - 1);  // pad: repeat the last row
+          pr[j] = packed + n * (K / 2);
+          sr[j] = scales + n * G;
+          zr[j] = zeros ? zeros + n * G : nullptr;
         }
-        for (int i = 0; i < mr; ++i)
-          for (int j = 0; j < nr; ++j)
-            y[(m + i) * ldy + nb + j] = out[i * kNR + j] + (bias ? bias[nb + j] : 0.f);
-      } else {
-        block_avx2<1>(xm, K, gs, pr, sr, out);
+        switch (mr) {
+          case 1: run_block<1, kAvx512>(xm, K, gs, pr, sr, zr, out); break;
+          case 2: run_block<2, kAvx512>(xm, K, gs, pr, sr, zr, out); break;
+          case 3: run_block<3, kAvx512>(xm, K, gs, pr, sr, zr, out); break;
+          default: run_block<4, kAvx512>(xm, K, gs, pr, sr, zr, out); break;
+        }
         for (int i = 0; i < mr; ++i)
           for (int j = 0; j < nr; ++j) {
             const int64_t n = nb + j;
-            y[(m + i) * ldy + n] = finish(out[i * kNR + j], xsum + (m + i) * G, scales + n * G,
-                                          zeros ? zeros + n * G : nullptr, G, bias, n);
+            const float dot = out[i * nr_block + j];
+            // AVX-512's tables fold the zero point in; AVX2's partial sums subtract it here.
+            y[(m + i) * ldy + n] =
+                kAvx512 ? dot + (bias ? bias[n] : 0.f)
+                        : finish(dot, xsum + (m + i) * G, scales + n * G,
+                                 zeros ? zeros + n * G : nullptr, G, bias, n);
           }
       }
     }

@@ -69,6 +69,15 @@ Isa cpu_isa() {
   return isa;
 }
 
+bool cpu_has_bf16_gemm() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512bf16");
+#else
+  return false;
+#endif
+}
+
 const char* isa_name(Isa isa) {
   switch (isa) {
     case Isa::Avx512Amx: return "avx512_amx";

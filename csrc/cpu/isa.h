@@ -19,6 +19,9 @@ inline Isa vector_isa(Isa isa) { return isa == Isa::Avx512Amx ? Isa::Avx512Vnni 
 // The path every kernel takes in this process (computed once, thread-safe).
 Isa cpu_isa();
 const char* isa_name(Isa isa);
+// Whether torch's bfloat16 matrix product runs on bfloat16 hardware (AVX512-BF16 or AMX-BF16),
+// whatever MYQ_CPU_ISA says: it chooses between bfloat16 and float32 tiles for at::mm.
+bool cpu_has_bf16_gemm();
 
 }  // namespace myq
 
