@@ -119,9 +119,9 @@ MYQ_TARGET_AVX2 void block_avx2(const float* xp, int64_t K, int64_t gs,
     for (int j = 0; j < NR; ++j) acc[i][j] = _mm256_setzero_ps();
   const int64_t G = K / gs;
   for (int64_t g = 0; g < G; ++g) {
-    __m256 part[MR][NR];
+    __m256 part[MR][NR], part_hi[MR][NR];  // two FMA chains per row pair
     for (int i = 0; i < MR; ++i)
-      for (int j = 0; j < NR; ++j) part[i][j] = _mm256_setzero_ps();
+      for (int j = 0; j < NR; ++j) part[i][j] = part_hi[i][j] = _mm256_setzero_ps();
     for (int64_t k = g * gs; k < (g + 1) * gs; k += kInt4Chunk) {
       for (int h = 0; h < 2; ++h) {  // bytes 0..7 then 8..15 of the chunk
         for (int j = 0; j < NR; ++j) {
@@ -131,14 +131,15 @@ MYQ_TARGET_AVX2 void block_avx2(const float* xp, int64_t K, int64_t gs,
           __m256 hi = _mm256_cvtepi32_ps(_mm256_srli_epi32(v, 4));
           for (int i = 0; i < MR; ++i) {
             part[i][j] = _mm256_fmadd_ps(_mm256_loadu_ps(xp + i * K + k + 8 * h), lo, part[i][j]);
-            part[i][j] = _mm256_fmadd_ps(_mm256_loadu_ps(xp + i * K + k + 16 + 8 * h), hi, part[i][j]);
+            part_hi[i][j] = _mm256_fmadd_ps(_mm256_loadu_ps(xp + i * K + k + 16 + 8 * h), hi, part_hi[i][j]);
           }
         }
       }
     }
     for (int j = 0; j < NR; ++j) {
       const __m256 s = _mm256_set1_ps(sr[j][g]);
-      for (int i = 0; i < MR; ++i) acc[i][j] = _mm256_fmadd_ps(part[i][j], s, acc[i][j]);
+      for (int i = 0; i < MR; ++i)
+        acc[i][j] = _mm256_fmadd_ps(_mm256_add_ps(part[i][j], part_hi[i][j]), s, acc[i][j]);
     }
   }
   for (int i = 0; i < MR; ++i)

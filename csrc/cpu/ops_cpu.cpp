@@ -6,8 +6,9 @@
 //   int8_linear, int4_linear  M <= kSmallM: stream the weights once (gemv kernels), threads
 //                             split the output columns N.
 //                             M >  kSmallM: per thread, dequantize kTileN weight rows into a
-//                             float32 tile (bfloat16 when x is bfloat16) and multiply it
-//                             with at::cpu::mm (MKL / oneDNN) into the output block.
+//                             float32 tile (bfloat16 when x is bfloat16 and the CPU has
+//                             bfloat16 hardware, see bf16_tiles) and multiply it with
+//                             at::cpu::mm (MKL / oneDNN) into the output block.
 //   on AMX, K % 32 == 0       M >= kAmxMinM: AMX-BF16 tiles, weights converted to bf16 per
 //                             thread 32 rows at a time (amx_bf16_linear.cpp); float32 /
 //                             float16 x as 3 / 2 bf16 planes, still float32-accurate.
@@ -42,8 +43,8 @@ namespace myq {
 namespace {
 
 // Activation rows up to which the W8A16 / W4A16 ops stream weights (gemv) instead of
-// dequantizing tiles for a GEMM: float32 / float16 x (float32 tiles, MKL sgemm) and
-// bfloat16 x (bfloat16 tiles, oneDNN, AMX where present). Also the W8A8 VNNI kernel's
+// dequantizing tiles for a GEMM: float32 tiles (MKL sgemm) and bfloat16 tiles (bfloat16 x
+// on bfloat16 hardware: oneDNN, AMX where present). Also the W8A8 VNNI kernel's
 // switch from splitting N to a 2-D (M, N) task grid.
 constexpr int64_t kSmallM = 32;
 constexpr int64_t kSmallMBFloat16 = 12;
