@@ -33,6 +33,7 @@ LINEAR_SHAPES = [
     ((33,), 129, 1000),
     ((130,), 96, 512),
     ((257,), 31, 384),
+    ((40,), 520, 4096),  # large M in per-thread tiles: the dequantized weight exceeds 4 MiB
 ]
 
 # (batch shape, N, K, group_size): K = group for per-channel; groups not a multiple of 16.
@@ -54,6 +55,7 @@ INT4_SHAPES = [
     ((33,), 40, 200, 40),
     ((130,), 96, 512, 128),
     ((257,), 31, 384, 384),
+    ((40,), 520, 4096, 128),  # per-thread tiles (dequantized weight > 4 MiB)
 ]
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]

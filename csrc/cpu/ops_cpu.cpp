@@ -33,6 +33,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "amx.h"
@@ -155,7 +156,7 @@ void with_x_data(const at::Tensor& x, const Fn& fn) {
 // packing: ~20 ms per call). Freed when a request exceeds kScratchKeepBytes. Each slot is
 // its own buffer: kTileSlot in the worker threads, the others in the calling thread.
 constexpr size_t kScratchKeepBytes = size_t(64) << 20;
-enum ScratchSlot { kTileSlot, kQSlot, kPackedQSlot };
+enum ScratchSlot { kTileSlot, kQSlot, kPackedQSlot, kWeightSlot };
 
 template <typename T, ScratchSlot kSlot = kTileSlot>
 T* scratch(int64_t count) {
@@ -176,6 +177,8 @@ T* scratch(int64_t count) {
 }
 
 // ---------------------------------------------------------------- threading helpers
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
 // fn(n0, n1) over blocks of output columns; `work_per_col` multiply-adds per column.
 template <typename Fn>
 void parallel_cols(int64_t N, int64_t work_per_col, const Fn& fn) {
@@ -201,26 +204,77 @@ void parallel_tiles(int64_t M, int64_t N, int64_t tile_m, int64_t tile_n, const 
   });
 }
 
-// Large-M path: y[:, n0:n1] = (x @ tile.T) * colscale + bias with tile = dequant(n0, n1)
-// (rows of W in x's compute dtype, float32 or bfloat16). xt is x transposed, [K, M]
-// contiguous: MKL / oneDNN run tile @ xt (an "NN" product) markedly faster than
+// Dequantized weights up to this size are made whole, once per call, and multiplied in one
+// threaded at::mm like F.linear (small layers: both cores on every product, no per-tile
+// packing); larger ones in per-thread tiles, so a call never holds a float copy of a big weight.
+constexpr int64_t kWholeWeightBytes = int64_t(4) << 20;
+
+// y[m, n] = acc[m, n] * colscale[n] + bias[n] (either may be null), acc [M, N] row-major.
+template <typename T>
+void scale_rows(const T* acc, int64_t M, int64_t N, const float* colscale, const float* bias,
+                float* y) {
+  at::parallel_for(0, M, std::max<int64_t>(1, kMinWorkPerThread / std::max<int64_t>(1, N)),
+                   [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m)
+      for (int64_t n = 0; n < N; ++n) {
+        float v = static_cast<float>(acc[m * N + n]);
+        if (colscale) v = v * colscale[n];
+        if (bias) v = v + bias[n];
+        y[m * N + n] = v;
+      }
+  });
+}
+
+// Large-M path: y = (x @ W.T) * colscale + bias with W's rows from dequant(n0, n1, rows) in x's
+// compute dtype (float32, or bfloat16 on bfloat16 hardware); x [M, K] contiguous in that dtype.
+// Small weights: W whole, one at::mm. Else per task y[:, n0:n1] from tile = dequant(n0, n1) and
+// xt = x transposed, [K, M]: MKL / oneDNN run tile @ xt (an "NN" product) markedly faster than
 // x @ tile.T for float32, so the per-task product is acc[nl, ml] = tile @ xt[:, m0:m1].
 // Its own task loop rather than parallel_tiles: a thread keeps its dequantized tile while
 // its consecutive tasks stay in one column block.
 template <typename T, typename Dequant>
-void tiled_mm(const at::Tensor& xt, int64_t N, const Dequant& dequant, const float* colscale,
+void tiled_mm(const at::Tensor& x, int64_t N, const Dequant& dequant, const float* colscale,
               const float* bias, float* y) {
-  const int64_t K = xt.size(0), M = xt.size(1);
-  const int64_t nblocks = (N + kTileN - 1) / kTileN;
-  const int64_t mblocks = (M + kTileM - 1) / kTileM;
+  const int64_t M = x.size(0), K = x.size(1);
+  if (N * K * static_cast<int64_t>(sizeof(T)) <= kWholeWeightBytes) {
+    T* w = scratch<T, kWeightSlot>(N * K);
+    // float32 weights take the column scale (one rounding, as fine as scaling the sums), so the
+    // product lands in y directly; bfloat16 ones keep it for the float32 epilogue.
+    constexpr bool kFold = std::is_same_v<T, float>;
+    parallel_cols(N, K, [&](int64_t n0, int64_t n1) {
+      dequant(n0, n1, w + n0 * K);
+      if (kFold && colscale)
+        for (int64_t n = n0; n < n1; ++n)
+          for (int64_t k = 0; k < K; ++k) w[n * K + k] = w[n * K + k] * colscale[n];
+    });
+    const at::Tensor wt = at::from_blob(w, {N, K}, x.options()).t();
+    if constexpr (kFold) {
+      at::Tensor out = at::from_blob(y, {M, N}, x.options());
+      if (bias) at::addmm_out(out, at::from_blob(const_cast<float*>(bias), {N}, x.options()), x, wt);
+      else at::mm_out(out, x, wt);
+    } else {
+      const at::Tensor acc = at::mm(x, wt);
+      TORCH_INTERNAL_ASSERT(acc.is_contiguous());
+      scale_rows(acc.const_data_ptr<T>(), M, N, colscale, bias, y);
+    }
+    return;
+  }
+  const at::Tensor xt = x.t().contiguous();
+  // Columns per tile: at most kTileN, and the same whole number of tiles for every thread, so
+  // that no core idles (N = 576 in 256-column tiles gave 3 tasks for 2 threads).
+  const int64_t threads = at::get_num_threads();
+  const int64_t tiles = threads * ceil_div(N, threads * kTileN);
+  const int64_t tile_n = ceil_div(ceil_div(N, tiles), 16) * 16;
+  const int64_t nblocks = ceil_div(N, tile_n);
+  const int64_t mblocks = ceil_div(M, kTileM);
   at::parallel_for(0, nblocks * mblocks, 1, [&](int64_t t0, int64_t t1) {
     // at::cpu::mm calls the CPU kernel directly: no dispatcher, autograd or Python
     // modes in the worker threads; nested in this parallel region it runs on one thread.
-    T* tile = scratch<T>(kTileN * K);
+    T* tile = scratch<T>(tile_n * K);
     int64_t have = -1;
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t nb = t / mblocks, mb = t % mblocks;
-      const int64_t n0 = nb * kTileN, n1 = std::min(N, n0 + kTileN);
+      const int64_t n0 = nb * tile_n, n1 = std::min(N, n0 + tile_n);
       const int64_t m0 = mb * kTileM, m1 = std::min(M, m0 + kTileM);
       if (nb != have) {
         dequant(n0, n1, tile);
@@ -452,13 +506,11 @@ at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& weight,
       int8_gemv(vec, xp, M, K, wp, sp, bp, yp, N, n0, n1);
     });
   } else if (bf16_tiles(x)) {
-    const at::Tensor xt = x2.t().contiguous();
-    tiled_mm<c10::BFloat16>(xt, N, [&](int64_t n0, int64_t n1, c10::BFloat16* tile) {
+    tiled_mm<c10::BFloat16>(x2.contiguous(), N, [&](int64_t n0, int64_t n1, c10::BFloat16* tile) {
       int8_dequant<c10::BFloat16>(vec, wp, K, n0, n1, tile);
     }, sp, bp, yp);
   } else {
-    const at::Tensor xt = x2.to(at::kFloat).t().contiguous();
-    tiled_mm<float>(xt, N, [&](int64_t n0, int64_t n1, float* tile) {
+    tiled_mm<float>(x2.to(at::kFloat).contiguous(), N, [&](int64_t n0, int64_t n1, float* tile) {
       int8_dequant<float>(vec, wp, K, n0, n1, tile);
     }, sp, bp, yp);
   }
@@ -557,13 +609,11 @@ at::Tensor int4_linear_cpu(const at::Tensor& x, const at::Tensor& packed,
       int4_gemv(vec, xpp, xsp, M, K, pp, sp, zp, group_size, bp, yp, N, n0, n1);
     });
   } else if (bf16_tiles(x)) {
-    const at::Tensor xt = x2.t().contiguous();
-    tiled_mm<c10::BFloat16>(xt, N, [&](int64_t n0, int64_t n1, c10::BFloat16* tile) {
+    tiled_mm<c10::BFloat16>(x2.contiguous(), N, [&](int64_t n0, int64_t n1, c10::BFloat16* tile) {
       int4_dequant<c10::BFloat16>(vec, pp, sp, zp, group_size, K, n0, n1, tile);
     }, nullptr, bp, yp);
   } else {
-    const at::Tensor xt = x2.to(at::kFloat).t().contiguous();
-    tiled_mm<float>(xt, N, [&](int64_t n0, int64_t n1, float* tile) {
+    tiled_mm<float>(x2.to(at::kFloat).contiguous(), N, [&](int64_t n0, int64_t n1, float* tile) {
       int4_dequant<float>(vec, pp, sp, zp, group_size, K, n0, n1, tile);
     }, nullptr, bp, yp);
   }
