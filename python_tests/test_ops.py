@@ -132,3 +132,19 @@ def test_select_backend_prefers_the_compiled_kernel(monkeypatch):
     assert myq_kernels.select_backend("int8_linear", torch.device("cpu")) == expected
     monkeypatch.setenv("MYQ_BACKEND", "torch")
     assert myq_kernels.select_backend("int8_linear", torch.device("cpu")) == "torch"
+
+
+@pytest.mark.parametrize("rows", [1, 64])
+def test_ops_accept_x_that_requires_grad(backend, rows):
+    """Calibration code runs the quantized layers with autograd on; the kernels' inner matrix
+    products must not go through autograd (at M = 64 the weights are dequantized for a GEMM)."""
+    x = torch.randn(rows, 256, requires_grad=True)
+    weight, scale = int8_weight(48, 256)
+    bias = torch.randn(48)
+    packed, scales, zeros = int4_weight(48, 256, 64, symmetric=False)
+    with torch.no_grad():
+        detached = x.detach()
+        want8 = myq_kernels.int8_linear(detached, weight, scale, bias)
+        want4 = myq_kernels.int4_linear(detached, packed, scales, zeros, 64, bias)
+    assert torch.equal(myq_kernels.int8_linear(x, weight, scale, bias), want8)
+    assert torch.equal(myq_kernels.int4_linear(x, packed, scales, zeros, 64, bias), want4)

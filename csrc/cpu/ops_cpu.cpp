@@ -25,6 +25,7 @@
 
 #include <ATen/EmptyTensor.h>
 #include <ATen/Parallel.h>
+#include <ATen/ops/addmm_cpu_dispatch.h>
 #include <ATen/ops/mm_cpu_dispatch.h>
 #include <torch/library.h>
 
@@ -247,13 +248,15 @@ void tiled_mm(const at::Tensor& x, int64_t N, const Dequant& dequant, const floa
         for (int64_t n = n0; n < n1; ++n)
           for (int64_t k = 0; k < K; ++k) w[n * K + k] = w[n * K + k] * colscale[n];
     });
+    // at::cpu:: calls the CPU kernels directly (x may require grad: no autograd here), and
+    // outside a parallel region they run on every thread.
     const at::Tensor wt = at::from_blob(w, {N, K}, x.options()).t();
     if constexpr (kFold) {
       at::Tensor out = at::from_blob(y, {M, N}, x.options());
-      if (bias) at::addmm_out(out, at::from_blob(const_cast<float*>(bias), {N}, x.options()), x, wt);
-      else at::mm_out(out, x, wt);
+      if (bias) at::cpu::addmm_out(out, at::from_blob(const_cast<float*>(bias), {N}, x.options()), x, wt);
+      else at::cpu::mm_out(out, x, wt);
     } else {
-      const at::Tensor acc = at::mm(x, wt);
+      const at::Tensor acc = at::cpu::mm(x, wt);
       TORCH_INTERNAL_ASSERT(acc.is_contiguous());
       scale_rows(acc.const_data_ptr<T>(), M, N, colscale, bias, y);
     }
