@@ -5,10 +5,10 @@
 // Strategy per op, by the number of activation rows M = x.numel() / K:
 //   int8_linear, int4_linear  M <= kSmallM: stream the weights once (gemv kernels), threads
 //                             split the output columns N.
-//                             M >  kSmallM: per thread, dequantize kTileN weight rows into a
-//                             float32 tile (bfloat16 when x is bfloat16 and the CPU has
-//                             bfloat16 hardware, see bf16_tiles) and multiply it with
-//                             at::cpu::mm (MKL / oneDNN) into the output block.
+//                             M >  kSmallM: dequantize the weights into float32 (bfloat16
+//                             when x is bfloat16 and the CPU has bfloat16 hardware, see
+//                             bf16_tiles) for MKL / oneDNN (tiled_mm): whole, in one threaded
+//                             product, up to 4 MiB; else kTileN-row tiles per thread.
 //   on AMX, K % 32 == 0       M >= kAmxMinM: AMX-BF16 tiles, weights converted to bf16 per
 //                             thread 32 rows at a time (amx_bf16_linear.cpp); float32 /
 //                             float16 x as 3 / 2 bf16 planes, still float32-accurate.
