@@ -76,7 +76,7 @@ MYQ_TARGET_AVX512 void block_avx512(const float* x, int64_t K, const int8_t* con
 // out[i*NR + j] = dot(x row i, weight row j), i < MR. NR shrinks as MR grows
 // (rows_per_block), measured on Zen 3, one core, L2-resident weights, in G vector FMAs/s
 // (peak ~5.5): MR x NR = 1x8 2.4 (widening-bound: 19 G weights/s), 2x4 3.4, 2x6 3.8, 3x4 4.1,
-// 4x2 2.7, 4x3 4.5, 8x1 2.3. Weights are prefetched kPrefetchBlocks row blocks ahead: a
+// 4x2 2.7, 4x3 4.5, 8x1 2.3. Weights are prefetched kAvx2PrefetchBlocks row blocks ahead: a
 // short row (K = 576) is too short for the hardware prefetcher to ramp up. Measured cold on
 // Zen 3 (weights cycled through 256 MB), us, none -> 4 blocks ahead: 1536 x 576 M=1 158-194 ->
 // 103-130, M=4 174-229 -> 122-153; 3072 x 768 M=4 447-510 -> 293-323; 4096^2 M=4 1781-2094 ->
@@ -84,7 +84,6 @@ MYQ_TARGET_AVX512 void block_avx512(const float* x, int64_t K, const int8_t* con
 // 1293-1308, alternating processes), so rows of kLongRow and more are left to the hardware
 // there. L2-resident weights lose a little (1536 x 576 M=1 67-72 -> 74-101), but a model's
 // weights come from memory.
-constexpr int64_t kPrefetchBlocks = 4;
 constexpr int64_t kLongRow = 2048;
 
 template <int MR, int NR>
@@ -93,7 +92,7 @@ MYQ_TARGET_AVX2 void block_avx2(const float* x, int64_t K, const int8_t* const* 
   __m256 acc[MR][NR];
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j) acc[i][j] = _mm256_setzero_ps();
-  const int64_t ahead = kPrefetchBlocks * NR * K;  // rows of a block are adjacent in w
+  const int64_t ahead = kAvx2PrefetchBlocks * NR * K;  // rows of a block are adjacent in w
   const bool prefetch = MR > 1 || K < kLongRow;
   int64_t k = 0;
   for (; k + 8 <= K; k += 8) {
