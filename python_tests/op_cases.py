@@ -18,6 +18,7 @@ LINEAR_SHAPES = [
     ((1,), 1, 2),
     ((1,), 64, 64),
     ((1,), 257, 4096),
+    ((1,), 9, 100),    # one row of x: whole 32-wide chunks of K and a tail (AVX2 row kernel)
     ((3,), 7, 30),
     ((4,), 40, 128),   # K % 32 == 0 on both sides of the AMX switch (M = 4 | 5)
     ((5,), 47, 160),
