@@ -108,6 +108,13 @@ MYQ_TARGET_AVX512 void block_avx512(const float* xp, int64_t K, int64_t gs,
 }
 
 // ---------------------------------------------------------------- AVX2
+// Weights are prefetched kPrefetchBlocks row blocks ahead in address order
+// (prefetch_block_lines), for every M. 4096^2 M=1 cold, alternating processes: no prefetch
+// 1151-1480 us -> one line in each row of the block 960-1022; in a later sitting, one line per
+// row 834-883 -> address order 760-767.
+// Widening the nibbles through the float 2^23 as int8's row_block_avx2 does was slower here
+// (4096^2 M=1 834-926 -> 1059-1093 us): it takes more instructions than the dword shifts.
+constexpr int64_t kPrefetchBlocks = 4;
 // The unscaled partial sums of a group and the scaled totals take 2 MR NR registers: NR
 // shrinks as MR grows (rows_per_block), so the weights are widened once for up to 4 rows of x.
 template <int MR, int NR>
@@ -118,17 +125,13 @@ MYQ_TARGET_AVX2 void block_avx2(const float* xp, int64_t K, int64_t gs,
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j) acc[i][j] = _mm256_setzero_ps();
   const int64_t G = K / gs;
-  // kAvx2PrefetchBlocks row blocks ahead, for every M here: 4096^2 M=1 cold, alternating
-  // processes, 1151-1480 -> 960-1022 us (int8's long-row exception does not apply).
-  const int64_t ahead = kAvx2PrefetchBlocks * NR * K / 2;  // rows of a block are adjacent
+  const int64_t ahead = kPrefetchBlocks * NR * K / 2;
   for (int64_t g = 0; g < G; ++g) {
     __m256 part[MR][NR], part_hi[MR][NR];  // two FMA chains per row pair
     for (int i = 0; i < MR; ++i)
       for (int j = 0; j < NR; ++j) part[i][j] = part_hi[i][j] = _mm256_setzero_ps();
     for (int64_t k = g * gs; k < (g + 1) * gs; k += kInt4Chunk) {
-      if ((k & 127) == 0)  // once per cache line (128 weights) of each row
-        for (int j = 0; j < NR; ++j)
-          _mm_prefetch(reinterpret_cast<const char*>(pr[j] + k / 2) + ahead, _MM_HINT_T0);
+      if ((k & 127) == 0) prefetch_block_lines<NR>(pr[0], ahead, k / 128);  // 128 weights a line
       for (int h = 0; h < 2; ++h) {  // bytes 0..7 then 8..15 of the chunk
         for (int j = 0; j < NR; ++j) {
           __m256i v = _mm256_cvtepu8_epi32(

@@ -74,20 +74,13 @@ MYQ_TARGET_AVX512 void block_avx512(const float* x, int64_t K, const int8_t* con
 }
 
 // ---------------------------------------------------------------- AVX2
-// Weights are prefetched kPrefetchBlocks row blocks ahead, in address order: the rows of a
-// block are adjacent in w, so the lines prefetched at step k of the row loop are the next
-// NR lines of one stream rather than one line in each of NR rows. Short rows (K = 576) are
-// too short for the hardware prefetcher to ramp up on its own, and the per-row order left it
-// behind too. Measured cold on Zen 3 (weights cycled through 256 MB, 2 threads), M = 1, us:
+// Weights are prefetched kPrefetchBlocks row blocks ahead, in address order
+// (prefetch_block_lines). Short rows (K = 576) are too short for the hardware prefetcher to
+// ramp up on its own, and a prefetch of one line in each row of the block left it behind too.
+// Measured cold on Zen 3 (weights cycled through 256 MB, 2 threads), M = 1, in a C loop, us:
 // 1536 x 576 no prefetch 158-194, per row 4 blocks ahead 103-130, in address order 2 blocks
 // ahead 52-58 (with row_block_avx2); 4096^2 1169-1241 (no prefetch) -> 867-1054.
 constexpr int64_t kPrefetchBlocks = 2;
-
-template <int NR>
-MYQ_TARGET_AVX2 inline void prefetch_lines(const int8_t* block, int64_t ahead, int64_t k) {
-  const char* p = reinterpret_cast<const char*>(block) + ahead + k / 64 * NR * 64;
-  for (int j = 0; j < NR; ++j) _mm_prefetch(p + j * 64, _MM_HINT_T0);
-}
 
 // out[i*NR + j] = dot(x row i, weight row j), i < MR. NR shrinks as MR grows
 // (rows_per_block), measured on Zen 3, one core, L2-resident weights, in G vector FMAs/s
@@ -101,7 +94,7 @@ MYQ_TARGET_AVX2 void block_avx2(const float* x, int64_t K, const int8_t* const* 
   const int64_t ahead = kPrefetchBlocks * NR * K;
   int64_t k = 0;
   for (; k + 8 <= K; k += 8) {
-    if ((k & 63) == 0) prefetch_lines<NR>(wr[0], ahead, k);
+    if ((k & 63) == 0) prefetch_block_lines<NR>(wr[0], ahead, k / 64);
     __m256 xv[MR];
     for (int i = 0; i < MR; ++i) xv[i] = _mm256_loadu_ps(x + i * K + k);
     for (int j = 0; j < NR; ++j) {
@@ -154,7 +147,7 @@ MYQ_TARGET_AVX2 void row_block_avx2(const float* xr, int64_t K, const int8_t* co
   const int64_t ahead = kPrefetchBlocks * kRowNR * K;
   int64_t k = 0;
   for (; k + kRowChunk <= K; k += kRowChunk) {
-    if ((k & 63) == 0) prefetch_lines<kRowNR>(wr[0], ahead, k);
+    if ((k & 63) == 0) prefetch_block_lines<kRowNR>(wr[0], ahead, k / 64);
     __m256 xv[4];
     for (int g = 0; g < 4; ++g) xv[g] = _mm256_loadu_ps(xr + k + 8 * g);
     for (int j = 0; j < kRowNR; ++j) {

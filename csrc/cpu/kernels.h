@@ -26,10 +26,6 @@ inline int64_t prefetch_ahead(int64_t block_bytes) {
   return block_bytes <= 0 ? kMinAhead : (kMinAhead + block_bytes - 1) / block_bytes * block_bytes;
 }
 
-// The AVX2 GEMVs prefetch their weight rows this many row blocks ahead (Zen 3: short rows are
-// too short for the hardware prefetcher to ramp up; measurements in int8_linear.cpp).
-constexpr int64_t kAvx2PrefetchBlocks = 4;
-
 // ---- W8A16 (int8_linear.cpp) ---------------------------------------------------------
 // Small M: y[m*ldy + n] = (sum_k x[m*K + k] * w[n*K + k]) * scale[n] + bias[n] for every
 // m < M and n in [n0, n1). x float32 [M, K] contiguous; bias may be null.

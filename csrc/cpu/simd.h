@@ -12,6 +12,17 @@
 
 namespace myq {
 
+// Prefetches the NR cache lines that a GEMV reading a block of NR adjacent weight rows, one
+// line of each row per step, fetches at step `line` of the block `ahead` bytes on: one
+// stream in address order (the whole block is contiguous) rather than one line in each of
+// NR rows, which kept the hardware prefetcher behind on Zen 3 (measurements in
+// int8_linear.cpp).
+template <int NR>
+inline void prefetch_block_lines(const void* block, int64_t ahead, int64_t line) {
+  const char* p = static_cast<const char*>(block) + ahead + line * NR * 64;
+  for (int j = 0; j < NR; ++j) _mm_prefetch(p + j * 64, _MM_HINT_T0);
+}
+
 MYQ_TARGET_AVX2 inline float hsum_avx2(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
