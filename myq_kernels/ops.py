@@ -9,6 +9,7 @@ the backend chosen by `backends.py`: compiled kernel -> Triton -> reference.
 """
 import importlib
 import importlib.util
+import os
 
 import torch
 
@@ -139,18 +140,38 @@ def select_backend(op: str, device: torch.device) -> str:
     return "torch"
 
 
-def _call(op: str, device: torch.device, *args):
-    backend = select_backend(op, device)
+# The function that runs an op, per (op, device type, MYQ_BACKEND): chosen once, as the
+# per-call cost matters for the small layers of a decode step. A forced Triton also depends
+# on TRITON_INTERPRET, so it is looked up on every call.
+_ROUTES = {}
+
+
+def _route(op: str, device: torch.device):
+    forced = os.environ.get("MYQ_BACKEND")
+    run = _ROUTES.get((op, device.type, forced))
+    if run is not None:
+        return run
+    backend = select_backend(op, device)  # raises for a forced backend that cannot run
     if backend == "torch":
-        return getattr(reference, op)(*args)
-    if backend == "triton" and not (device.type == "cuda" and not extension_has_kernel(op, "cuda")):
+        run = getattr(reference, op)
+    elif backend == "triton" and not (device.type == "cuda" and not extension_has_kernel(op, "cuda")):
         # Triton is not the registered CUDA kernel here (CPU interpreter, or the compiled
         # CUDA kernels exist and MYQ_BACKEND forces Triton): call it directly.
-        return getattr(_triton_module(), op)(*args)
-    return getattr(torch.ops.myq, op)(*args)
+        run = getattr(_triton_module(), op)
+    else:
+        run = getattr(torch.ops.myq, op).default
+    if backend != "triton" or not forced:
+        _ROUTES[(op, device.type, forced)] = run
+    return run
+
+
+def _call(op: str, device: torch.device, *args):
+    return _route(op, device)(*args)
 
 
 # ---- validation -------------------------------------------------------------------------
+# Every public op calls these once per call, so they stay cheap on valid input: a message is
+# only formatted when a check fails.
 
 def _require_tensor(name, t):
     if not isinstance(t, torch.Tensor):
@@ -163,16 +184,16 @@ def _require_dtype(name, t, dtypes, what):
 
 
 def _require_shape(name, t, shape, meaning):
-    if tuple(t.shape) != tuple(shape):
+    if t.shape != shape:
         raise ValueError(f"{name} must have shape {list(shape)} ({meaning}), got {list(t.shape)}")
 
 
-def _require_same_device(**tensors):
-    present = {k: v for k, v in tensors.items() if v is not None}
-    devices = {v.device for v in present.values()}
-    if len(devices) > 1:
-        where = ", ".join(f"{k} on {v.device}" for k, v in present.items())
-        raise ValueError(f"all tensors must be on one device; got {where}")
+def _require_same_device(x, **others):
+    device = x.device
+    for t in others.values():
+        if t is not None and t.device != device:
+            where = ", ".join(f"{k} on {v.device}" for k, v in (("x", x), *others.items()) if v is not None)
+            raise ValueError(f"all tensors must be on one device; got {where}")
 
 
 def _check_activation(x):
@@ -182,12 +203,10 @@ def _check_activation(x):
         raise ValueError("x must have at least one dimension [..., K], got a 0-dim tensor")
 
 
-def _check_optional_vector(name, t, n, meaning):
-    if t is None:
-        return
+def _check_float_param(name, t, shape, meaning):
     _require_tensor(name, t)
     _require_dtype(name, t, FLOAT_DTYPES, "a float32, bfloat16 or float16 tensor")
-    _require_shape(name, t, (n,), meaning)
+    _require_shape(name, t, shape, meaning)
 
 
 def _check_int8_args(x, weight, scale, bias):
@@ -199,10 +218,10 @@ def _check_int8_args(x, weight, scale, bias):
     n, k = weight.shape
     if x.shape[-1] != k:
         raise ValueError(f"x.shape[-1] ({x.shape[-1]}) must equal weight.shape[1] (K={k})")
-    _require_tensor("scale", scale)
-    _check_optional_vector("scale", scale, n, "one per output channel")
-    _check_optional_vector("bias", bias, n, "one per output channel")
-    _require_same_device(x=x, weight=weight, scale=scale, bias=bias)
+    _check_float_param("scale", scale, (n,), "one per output channel")
+    if bias is not None:
+        _check_float_param("bias", bias, (n,), "one per output channel")
+    _require_same_device(x, weight=weight, scale=scale, bias=bias)
 
 
 def _check_packed(name, packed):
@@ -227,15 +246,13 @@ def _check_int4_args(x, packed, scales, zeros, group_size, bias):
     if group_size <= 0 or group_size % 2 or k % group_size:
         raise ValueError(f"group_size ({group_size}) must be a positive even divisor of K ({k}); "
                          f"use group_size=K for one scale per output channel")
-    groups = k // group_size
+    shape = (n, k // group_size)
     for name, t in (("scales", scales), ("zeros", zeros)):
-        if t is None and name == "zeros":
-            continue
-        _require_tensor(name, t)
-        _require_dtype(name, t, FLOAT_DTYPES, "a float32, bfloat16 or float16 tensor")
-        _require_shape(name, t, (n, groups), f"[N, K // group_size] = [{n}, {k} // {group_size}]")
-    _check_optional_vector("bias", bias, n, "one per output channel")
-    _require_same_device(x=x, packed=packed, scales=scales, zeros=zeros, bias=bias)
+        if t is not None or name == "scales":
+            _check_float_param(name, t, shape, "[N, K // group_size]")
+    if bias is not None:
+        _check_float_param("bias", bias, (n,), "one per output channel")
+    _require_same_device(x, packed=packed, scales=scales, zeros=zeros, bias=bias)
 
 
 # ---- public ops ---------------------------------------------------------------------------
