@@ -155,22 +155,61 @@ MYQ_TARGET_AVX2 void block_avx2(const float* xp, int64_t K, int64_t gs,
     for (int j = 0; j < NR; ++j) out[i * NR + j] = hsum_avx2(acc[i][j]);
 }
 
+// From two rows of x on, the weights are scaled in registers as they are widened (q * s: one
+// multiply per 8 weights, shared by the MR rows), so each row pair takes one accumulator
+// where block_avx2's partial sums take two, and NR can grow (rows_per_block). The zero point
+// stays in finish(), as for block_avx2.
+template <int MR, int NR>
+MYQ_TARGET_AVX2 void block_scaled_avx2(const float* xp, int64_t K, int64_t gs,
+                                       const uint8_t* const* pr, const float* const* sr,
+                                       float* out) {
+  const __m256i low4 = _mm256_set1_epi32(15);
+  __m256 acc[MR][NR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) acc[i][j] = _mm256_setzero_ps();
+  const int64_t G = K / gs;
+  const int64_t ahead = kPrefetchBlocks * NR * K / 2;
+  for (int64_t g = 0; g < G; ++g) {
+    __m256 s[NR];
+    for (int j = 0; j < NR; ++j) s[j] = _mm256_set1_ps(sr[j][g]);
+    for (int64_t k = g * gs; k < (g + 1) * gs; k += kInt4Chunk) {
+      if ((k & 127) == 0) prefetch_block_lines<NR>(pr[0], ahead, k / 128);  // 128 weights a line
+      for (int h = 0; h < 2; ++h) {  // bytes 0..7 then 8..15 of the chunk
+        for (int j = 0; j < NR; ++j) {
+          __m256i v = _mm256_cvtepu8_epi32(
+              _mm_loadl_epi64(reinterpret_cast<const __m128i*>(pr[j] + k / 2 + 8 * h)));
+          __m256 lo = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v, low4)), s[j]);
+          __m256 hi = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(v, 4)), s[j]);
+          for (int i = 0; i < MR; ++i) {
+            acc[i][j] = _mm256_fmadd_ps(_mm256_loadu_ps(xp + i * K + k + 8 * h), lo, acc[i][j]);
+            acc[i][j] = _mm256_fmadd_ps(_mm256_loadu_ps(xp + i * K + k + 16 + 8 * h), hi, acc[i][j]);
+          }
+        }
+      }
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) out[i * NR + j] = hsum_avx2(acc[i][j]);
+}
+
 // Weight rows per block for MR rows of x: AVX-512 always kNR.
 template <bool kAvx512>
 constexpr int rows_per_block(int mr) {
-  return kAvx512 ? kNR : mr == 1 ? 4 : mr == 2 ? 2 : 1;
+  return kAvx512 ? kNR : mr == 1 ? 4 : mr == 2 ? 4 : mr == 3 ? 3 : 2;
 }
 
 template <int MR, bool kAvx512>
 void run_block(const float* xp, int64_t K, int64_t gs, const uint8_t* const* pr,
                const float* const* sr, const float* const* zr, float* out) {
   if constexpr (kAvx512) block_avx512<MR>(xp, K, gs, pr, sr, zr, out);
-  else block_avx2<MR, rows_per_block<false>(MR)>(xp, K, gs, pr, sr, out);
+  else if constexpr (MR == 1) block_avx2<MR, rows_per_block<false>(MR)>(xp, K, gs, pr, sr, out);
+  else block_scaled_avx2<MR, rows_per_block<false>(MR)>(xp, K, gs, pr, sr, out);
 }
 
 // Columns [n0, n1) in blocks of kColumns weight rows (L2-resident while every block of MR
-// rows of x passes over them, so the weights stream from memory once for any M).
-constexpr int64_t kColumns = 16;
+// rows of x passes over them, so the weights stream from memory once for any M); a multiple
+// of every rows_per_block.
+constexpr int64_t kColumns = 24;
 
 template <bool kAvx512>
 void gemv_vector(const float* xp, const float* xsum, int64_t M, int64_t K,
@@ -181,8 +220,9 @@ void gemv_vector(const float* xp, const float* xsum, int64_t M, int64_t K,
   float out[kMaxMR * kNR];
   for (int64_t nc = n0; nc < n1; nc += kColumns) {
     const int64_t nc1 = std::min(n1, nc + kColumns);
-    for (int64_t m = 0; m < M; m += kMaxMR) {
-      const int mr = static_cast<int>(std::min<int64_t>(kMaxMR, M - m));
+    int mr = 0;
+    for (int64_t m = 0; m < M; m += mr) {
+      mr = gemv_rows_per_pass(M - m);
       const int nr_block = rows_per_block<kAvx512>(mr);
       const float* xm = xp + m * K;
       for (int64_t nb = nc; nb < nc1; nb += nr_block) {

@@ -174,7 +174,7 @@ constexpr int rows_per_block(int mr) {
   return kAvx512 ? kNR : mr == 1 ? 8 : mr == 2 ? 6 : mr == 3 ? 4 : 3;
 }
 
-// AVX2 with MR = 1 (only when M = 1, see x_rows_per_pass) reads x reordered for row_block_avx2.
+// AVX2 with MR = 1 (only when M = 1, see gemv_rows_per_pass) reads x reordered for row_block_avx2.
 template <int MR, bool kAvx512>
 void run_block(const float* x, int64_t K, const int8_t* const* wr, float* out) {
   if constexpr (kAvx512) block_avx512<MR>(x, K, wr, out);
@@ -182,11 +182,6 @@ void run_block(const float* x, int64_t K, const int8_t* const* wr, float* out) {
   else block_avx2<MR, rows_per_block<false>(MR)>(x, K, wr, out);
 }
 
-// Rows of x per pass over a column block, at most 4: 5 left go as 3 + 2, so that a single row
-// (MR = 1) is only ever all of x.
-constexpr int x_rows_per_pass(int64_t left) {
-  return left == 5 ? 3 : static_cast<int>(std::min<int64_t>(4, left));
-}
 
 // Columns [n0, n1) in blocks of kColumns weight rows (L2-resident while every block of MR
 // rows of x passes over them, so the weights stream from memory once for any M); a multiple
@@ -203,7 +198,7 @@ void gemv_vector(const float* x, int64_t M, int64_t K, const int8_t* w, const fl
     const int64_t nc1 = std::min(n1, nc + kColumns);
     int mr = 0;
     for (int64_t m = 0; m < M; m += mr) {
-      mr = x_rows_per_pass(M - m);
+      mr = gemv_rows_per_pass(M - m);
       const int nr_block = rows_per_block<kAvx512>(mr);
       const float* xm = x + m * K;
       for (int64_t nb = nc; nb < nc1; nb += nr_block) {

@@ -26,6 +26,13 @@ inline int64_t prefetch_ahead(int64_t block_bytes) {
   return block_bytes <= 0 ? kMinAhead : (kMinAhead + block_bytes - 1) / block_bytes * block_bytes;
 }
 
+// The small-M GEMVs (int8_gemv, int4_gemv) pass over each column block with at most 4 rows of x
+// at a time; 5 rows left go as 3 + 2, so that a one-row pass (MR = 1, which has its own AVX2
+// kernel in both) only ever happens when x is one row.
+constexpr int gemv_rows_per_pass(int64_t left) {
+  return left == 5 ? 3 : left >= 4 ? 4 : static_cast<int>(left);
+}
+
 // ---- W8A16 (int8_linear.cpp) ---------------------------------------------------------
 // Small M: y[m*ldy + n] = (sum_k x[m*K + k] * w[n*K + k]) * scale[n] + bias[n] for every
 // m < M and n in [n0, n1). x float32 [M, K] contiguous; bias may be null.
