@@ -3,9 +3,10 @@
 // Small M: activations are reordered once per call (int4_prepare_x) so that the low and
 // high nibbles of 16 packed bytes meet 16 contiguous x values each; a row is streamed
 // once per block of MR activation rows, NR rows at a time. AVX-512 looks the nibbles up
-// in a per-group table of dequantized values (vpermps). AVX2 / scalar: within a group
-// the products sum(x * q) accumulate unscaled, then one FMA per group applies the group
-// scale; the zero point enters once at the end as sum_g scale*zero*sum(x in group).
+// in a per-group table of dequantized values (vpermps). Scalar, and AVX2 with one row of x:
+// within a group the products sum(x * q) accumulate unscaled, then one FMA per group applies
+// the group scale; AVX2 with more rows scales the widened weights instead (block_avx2). The
+// zero point enters once at the end as sum_g scale*zero*sum(x in group).
 // Large M: int4_dequant fills a float32 / bfloat16 tile for at::mm in the binding.
 #include <immintrin.h>
 
@@ -115,54 +116,18 @@ MYQ_TARGET_AVX512 void block_avx512(const float* xp, int64_t K, int64_t gs,
 // Widening the nibbles through the float 2^23 as int8's row_block_avx2 does was slower here
 // (4096^2 M=1 834-926 -> 1059-1093 us): it takes more instructions than the dword shifts.
 constexpr int64_t kPrefetchBlocks = 4;
-// The unscaled partial sums of a group and the scaled totals take 2 MR NR registers: NR
-// shrinks as MR grows (rows_per_block), so the weights are widened once for up to 4 rows of x.
+// The group scale is applied in one of two ways, by MR. One row of x keeps unscaled partial
+// sums per group (two FMA chains per row pair) and scales them once per group: the fewest
+// instructions per weight, which is what bounds one row of x (the scaled form below measured
+// 806-894 -> 954-1009 us at 4096^2). From two rows of x on, the widened weights are scaled in
+// registers (q * s, one multiply per 8 weights shared by the MR rows) and accumulate directly:
+// one register per row pair instead of three, so NR can grow (rows_per_block; 4096^2 M=8
+// 4575-7243 -> 3675-3756 us against partial sums with NR = 1). The zero point enters in
+// finish() either way.
 template <int MR, int NR>
 MYQ_TARGET_AVX2 void block_avx2(const float* xp, int64_t K, int64_t gs,
                                 const uint8_t* const* pr, const float* const* sr, float* out) {
-  const __m256i low4 = _mm256_set1_epi32(15);
-  __m256 acc[MR][NR];
-  for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) acc[i][j] = _mm256_setzero_ps();
-  const int64_t G = K / gs;
-  const int64_t ahead = kPrefetchBlocks * NR * K / 2;
-  for (int64_t g = 0; g < G; ++g) {
-    __m256 part[MR][NR], part_hi[MR][NR];  // two FMA chains per row pair
-    for (int i = 0; i < MR; ++i)
-      for (int j = 0; j < NR; ++j) part[i][j] = part_hi[i][j] = _mm256_setzero_ps();
-    for (int64_t k = g * gs; k < (g + 1) * gs; k += kInt4Chunk) {
-      if ((k & 127) == 0) prefetch_block_lines<NR>(pr[0], ahead, k / 128);  // 128 weights a line
-      for (int h = 0; h < 2; ++h) {  // bytes 0..7 then 8..15 of the chunk
-        for (int j = 0; j < NR; ++j) {
-          __m256i v = _mm256_cvtepu8_epi32(
-              _mm_loadl_epi64(reinterpret_cast<const __m128i*>(pr[j] + k / 2 + 8 * h)));
-          __m256 lo = _mm256_cvtepi32_ps(_mm256_and_si256(v, low4));
-          __m256 hi = _mm256_cvtepi32_ps(_mm256_srli_epi32(v, 4));
-          for (int i = 0; i < MR; ++i) {
-            part[i][j] = _mm256_fmadd_ps(_mm256_loadu_ps(xp + i * K + k + 8 * h), lo, part[i][j]);
-            part_hi[i][j] = _mm256_fmadd_ps(_mm256_loadu_ps(xp + i * K + k + 16 + 8 * h), hi, part_hi[i][j]);
-          }
-        }
-      }
-    }
-    for (int j = 0; j < NR; ++j) {
-      const __m256 s = _mm256_set1_ps(sr[j][g]);
-      for (int i = 0; i < MR; ++i)
-        acc[i][j] = _mm256_fmadd_ps(_mm256_add_ps(part[i][j], part_hi[i][j]), s, acc[i][j]);
-    }
-  }
-  for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) out[i * NR + j] = hsum_avx2(acc[i][j]);
-}
-
-// From two rows of x on, the weights are scaled in registers as they are widened (q * s: one
-// multiply per 8 weights, shared by the MR rows), so each row pair takes one accumulator
-// where block_avx2's partial sums take two, and NR can grow (rows_per_block). The zero point
-// stays in finish(), as for block_avx2.
-template <int MR, int NR>
-MYQ_TARGET_AVX2 void block_scaled_avx2(const float* xp, int64_t K, int64_t gs,
-                                       const uint8_t* const* pr, const float* const* sr,
-                                       float* out) {
+  constexpr bool kScaleWeights = MR > 1;
   const __m256i low4 = _mm256_set1_epi32(15);
   __m256 acc[MR][NR];
   for (int i = 0; i < MR; ++i)
@@ -171,22 +136,39 @@ MYQ_TARGET_AVX2 void block_scaled_avx2(const float* xp, int64_t K, int64_t gs,
   const int64_t ahead = kPrefetchBlocks * NR * K / 2;
   for (int64_t g = 0; g < G; ++g) {
     __m256 s[NR];
-    for (int j = 0; j < NR; ++j) s[j] = _mm256_set1_ps(sr[j][g]);
+    __m256 part[MR][NR], part_hi[MR][NR];
+    for (int j = 0; j < NR; ++j) {
+      if constexpr (kScaleWeights) s[j] = _mm256_set1_ps(sr[j][g]);
+      else
+        for (int i = 0; i < MR; ++i) part[i][j] = part_hi[i][j] = _mm256_setzero_ps();
+    }
     for (int64_t k = g * gs; k < (g + 1) * gs; k += kInt4Chunk) {
       if ((k & 127) == 0) prefetch_block_lines<NR>(pr[0], ahead, k / 128);  // 128 weights a line
       for (int h = 0; h < 2; ++h) {  // bytes 0..7 then 8..15 of the chunk
         for (int j = 0; j < NR; ++j) {
           __m256i v = _mm256_cvtepu8_epi32(
               _mm_loadl_epi64(reinterpret_cast<const __m128i*>(pr[j] + k / 2 + 8 * h)));
-          __m256 lo = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v, low4)), s[j]);
-          __m256 hi = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(v, 4)), s[j]);
+          __m256 lo = _mm256_cvtepi32_ps(_mm256_and_si256(v, low4));
+          __m256 hi = _mm256_cvtepi32_ps(_mm256_srli_epi32(v, 4));
+          if constexpr (kScaleWeights) {
+            lo = _mm256_mul_ps(lo, s[j]);
+            hi = _mm256_mul_ps(hi, s[j]);
+          }
           for (int i = 0; i < MR; ++i) {
-            acc[i][j] = _mm256_fmadd_ps(_mm256_loadu_ps(xp + i * K + k + 8 * h), lo, acc[i][j]);
-            acc[i][j] = _mm256_fmadd_ps(_mm256_loadu_ps(xp + i * K + k + 16 + 8 * h), hi, acc[i][j]);
+            __m256& sum_lo = kScaleWeights ? acc[i][j] : part[i][j];
+            __m256& sum_hi = kScaleWeights ? acc[i][j] : part_hi[i][j];
+            sum_lo = _mm256_fmadd_ps(_mm256_loadu_ps(xp + i * K + k + 8 * h), lo, sum_lo);
+            sum_hi = _mm256_fmadd_ps(_mm256_loadu_ps(xp + i * K + k + 16 + 8 * h), hi, sum_hi);
           }
         }
       }
     }
+    if constexpr (!kScaleWeights)
+      for (int j = 0; j < NR; ++j) {
+        const __m256 scale = _mm256_set1_ps(sr[j][g]);
+        for (int i = 0; i < MR; ++i)
+          acc[i][j] = _mm256_fmadd_ps(_mm256_add_ps(part[i][j], part_hi[i][j]), scale, acc[i][j]);
+      }
   }
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j) out[i * NR + j] = hsum_avx2(acc[i][j]);
@@ -202,8 +184,7 @@ template <int MR, bool kAvx512>
 void run_block(const float* xp, int64_t K, int64_t gs, const uint8_t* const* pr,
                const float* const* sr, const float* const* zr, float* out) {
   if constexpr (kAvx512) block_avx512<MR>(xp, K, gs, pr, sr, zr, out);
-  else if constexpr (MR == 1) block_avx2<MR, rows_per_block<false>(MR)>(xp, K, gs, pr, sr, out);
-  else block_scaled_avx2<MR, rows_per_block<false>(MR)>(xp, K, gs, pr, sr, out);
+  else block_avx2<MR, rows_per_block<false>(MR)>(xp, K, gs, pr, sr, out);
 }
 
 // Columns [n0, n1) in blocks of kColumns weight rows (L2-resident while every block of MR
