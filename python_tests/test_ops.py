@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import myq_kernels
-from myq_kernels import reference
+from myq_kernels import ops, reference
 
 from op_cases import (DTYPES, INT4_SHAPES, INT8_OPS, LINEAR_OPS, LINEAR_SHAPES, PACK_SHAPES, assert_linear_close,
                       check_empty_batch, check_int4_linear, check_int8_op, check_pack_accepts_wider_integer_types,
@@ -132,6 +132,25 @@ def test_select_backend_prefers_the_compiled_kernel(monkeypatch):
     assert myq_kernels.select_backend("int8_linear", torch.device("cpu")) == expected
     monkeypatch.setenv("MYQ_BACKEND", "torch")
     assert myq_kernels.select_backend("int8_linear", torch.device("cpu")) == "torch"
+
+
+def test_calls_follow_a_change_of_myq_backend(monkeypatch):
+    """The ops remember the function chosen per (op, device, MYQ_BACKEND): a later change of
+    MYQ_BACKEND must take effect, and a forced backend that cannot run must still raise."""
+    cpu = torch.device("cpu")
+    monkeypatch.delenv("MYQ_BACKEND", raising=False)
+    default = ops._route("int8_linear", cpu)
+    if myq_kernels.backends()["cpp"].available:
+        assert default is torch.ops.myq.int8_linear.default
+    monkeypatch.setenv("MYQ_BACKEND", "torch")
+    assert ops._route("int8_linear", cpu) is reference.int8_linear
+    monkeypatch.setenv("MYQ_BACKEND", "triton")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="MYQ_BACKEND=triton cannot run on cpu"):
+            ops._route("int8_linear", cpu)
+    monkeypatch.delenv("MYQ_BACKEND")
+    assert ops._route("int8_linear", cpu) is default
 
 
 @pytest.mark.parametrize("rows", [1, 64])
