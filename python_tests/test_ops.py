@@ -134,6 +134,23 @@ def test_select_backend_prefers_the_compiled_kernel(monkeypatch):
     assert myq_kernels.select_backend("int8_linear", torch.device("cpu")) == "torch"
 
 
+@pytest.mark.parametrize("k", [1000, 1040, 1041, 1536])
+def test_w8a8_float32_matches_the_reference_bit_for_bit(backend, k):
+    """W8A8's int32 sums are exact on every path, so float32 x gives the reference's float32
+    result exactly. At M > 32 on AVX2 with K <= 1040 the sums run through MKL as float32 (each
+    below 2^24): near-largest sums (every q at 127, w at 100..127 of either sign) test that
+    bound; from K = 1041 the int8 kernel takes them (at K = 1536 such sums exceed 2^24)."""
+    m, n = 40, 24
+    x = torch.randn(m, k)
+    x[:4] = 1.0  # rows whose q are all 127
+    weight, scale = int8_weight(n, k)
+    weight[:4] = torch.randint(100, 128, (4, k), dtype=torch.int8)
+    weight[4:8] = -weight[:4]
+    bias = torch.randn(n)
+    y = myq_kernels.int8_linear_dynamic(x, weight, scale, bias)
+    assert torch.equal(y, reference.int8_linear_dynamic(x, weight, scale, bias))
+
+
 def test_calls_follow_a_change_of_myq_backend(monkeypatch):
     """The ops remember the function chosen per (op, device, MYQ_BACKEND): a later change of
     MYQ_BACKEND must take effect, and a forced backend that cannot run must still raise."""

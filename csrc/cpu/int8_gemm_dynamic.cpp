@@ -73,6 +73,48 @@ MYQ_TARGET_AVX512 void quantize_row_avx512(const T* x, int64_t K, int8_t* q, int
   *qsum = _mm512_reduce_add_epi32(vsum);
 }
 
+// The scalar row's arithmetic 8 lanes at a time (its division and rounding are IEEE, so the
+// results are bit-identical): 256 x 576 float32 x took 0.56 ms in the scalar loop, a quarter
+// of a demo-model layer's W8A8 product at that M.
+template <typename T>
+MYQ_TARGET_AVX2 void quantize_row_avx2(const T* x, int64_t K, int8_t* q, int64_t ldq, float* rs,
+                                       int32_t* qsum) {
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+  __m256 vmax = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8) vmax = _mm256_max_ps(vmax, _mm256_and_ps(load_x8(x + k), abs_mask));
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, vmax);
+  float amax = 0.f;
+  for (float v : lanes) amax = std::max(amax, v);
+  for (int64_t kk = k; kk < K; ++kk) amax = std::max(amax, std::fabs(static_cast<float>(x[kk])));
+  const float s = amax / 127.0f;
+  const float safe = s > 0.f ? s : 1.f;
+  const __m256 vsafe = _mm256_set1_ps(safe);
+  const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
+  __m256i vsum = _mm256_setzero_si256();
+  for (k = 0; k + 8 <= K; k += 8) {
+    // cvtps_epi32 rounds with MXCSR's mode: to nearest even, as nearbyint.
+    __m256i v = _mm256_cvtps_epi32(_mm256_div_ps(load_x8(x + k), vsafe));
+    v = _mm256_min_epi32(_mm256_max_epi32(v, lo), hi);
+    vsum = _mm256_add_epi32(vsum, v);
+    const __m128i v16 = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(q + k), _mm_packs_epi16(v16, v16));
+  }
+  alignas(32) int32_t sums[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(sums), vsum);
+  int32_t sum = 0;
+  for (int32_t v : sums) sum += v;
+  for (; k < K; ++k) {
+    const float r = std::min(127.f, std::max(-127.f, std::nearbyint(static_cast<float>(x[k]) / safe)));
+    q[k] = static_cast<int8_t>(r);
+    sum += q[k];
+  }
+  for (; k < ldq; ++k) q[k] = 0;
+  *rs = s;
+  *qsum = sum;
+}
+
 // ---------------------------------------------------------------- scalar dot
 int32_t dot_scalar(const int8_t* q, const int8_t* w, int64_t K) {
   int32_t acc = 0;
@@ -339,6 +381,7 @@ void quantize_rows(Isa isa, const T* x, int64_t K, int8_t* q, int64_t ldq, float
                    int32_t* qsum, int64_t m0, int64_t m1) {
   for (int64_t m = m0; m < m1; ++m) {
     if (isa == Isa::Avx512Vnni) quantize_row_avx512(x + m * K, K, q + m * ldq, ldq, rs + m, qsum + m);
+    else if (isa == Isa::Avx2) quantize_row_avx2(x + m * K, K, q + m * ldq, ldq, rs + m, qsum + m);
     else quantize_row_scalar(x + m * K, K, q + m * ldq, ldq, rs + m, qsum + m);
   }
 }

@@ -20,7 +20,9 @@
 //                             (int4_linear_amx.cpp).
 //   int8_linear_dynamic       quantize x once, then the int8 product (int8_product): AMX
 //                             tiles (avx512_amx, M >= kAmxMinM, K % 64 == 0), else the VNNI /
-//                             AVX2 / scalar dot kernel (threads split N when M <= kSmallM).
+//                             AVX2 / scalar dot kernel (threads split N when M <= kSmallM);
+//                             on AVX2 with M > kSmallM and K <= 1040, MKL on the int8 values
+//                             as float32, exact (w8a8_float_gemm).
 #include <torch/extension.h>
 
 #include <ATen/EmptyTensor.h>
@@ -479,6 +481,38 @@ std::optional<at::Tensor> int8_zeros(const at::Tensor& zeros) {
   return out;
 }
 
+// W8A8 at large M on AVX2, where MKL's float32 GEMM outruns the int8 kernel (vpmaddubsw):
+// demo-model shapes at M = 256, 2 threads, 39-50 G multiply-adds/s against MKL's ~64. The
+// int8 values of x and w go to float32 as they are, so each product and every partial sum is
+// an integer; while K <= kExactFloatSumMaxK every such sum is below 2^24 in magnitude
+// (127 * 127 * 1040 < 2^24), so float32 holds it exactly in any summation order and the
+// result is the int32 product, rounded as the reference rounds it.
+constexpr int64_t kExactFloatSumMaxK = 1040;
+
+void w8a8_float_gemm(const int8_t* q, int64_t ldq, const float* rs, int64_t M, int64_t K,
+                     int64_t N, const int8_t* w, const float* scale, const float* bias, float* y) {
+  at::Tensor xq = at::empty({M, K}, at::TensorOptions().dtype(at::kFloat));
+  float* xqp = xq.mutable_data_ptr<float>();
+  at::parallel_for(0, M, std::max<int64_t>(1, kMinWorkPerThread / K), [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m)
+      for (int64_t k = 0; k < K; ++k) xqp[m * K + k] = static_cast<float>(q[m * ldq + k]);
+  });
+  const Isa vec = vector_isa(cpu_isa());
+  tiled_mm<float>(xq, N, [&](int64_t n0, int64_t n1, float* tile) {
+    int8_dequant<float>(vec, w, K, n0, n1, tile);
+  }, /*colscale=*/nullptr, /*bias=*/nullptr, y);
+  // Same operation order as the int8 kernel's epilogue: ((sum * row scale) * scale) + bias.
+  at::parallel_for(0, M, std::max<int64_t>(1, kMinWorkPerThread / N), [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m)
+      for (int64_t n = 0; n < N; ++n) {
+        float v = y[m * N + n] * rs[m];
+        v = v * scale[n];
+        if (bias) v = v + bias[n];
+        y[m * N + n] = v;
+      }
+  });
+}
+
 // ---------------------------------------------------------------- ops
 at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& weight,
                            const at::Tensor& scale, const std::optional<at::Tensor>& bias) {
@@ -547,6 +581,10 @@ at::Tensor int8_linear_dynamic_cpu(const at::Tensor& x, const at::Tensor& weight
   const float* sp = s.const_data_ptr<float>();
   const float* bp = ptr_or_null<float>(b);
   float* yp = y.mutable_data_ptr<float>();
+  if (vec == Isa::Avx2 && M > kSmallM && K <= kExactFloatSumMaxK) {
+    w8a8_float_gemm(qp, ldq, rsp, M, K, N, wp, sp, bp, yp);
+    return finish(y, x, N);
+  }
   const QuantX xq{qp, ldq, qsp, 1, rsp, nullptr};
   int8_product(isa, xq, M, K, N, kAmxMinM, wp, sp, bp, yp);
   return finish(y, x, N);

@@ -30,6 +30,20 @@ MYQ_TARGET_AVX2 inline float hsum_avx2(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+// 8 activations as float32 from float32, bfloat16 or float16 x (AVX2 + F16C; see load_x16).
+template <typename T>
+MYQ_TARGET_AVX2 inline __m256 load_x8(const T* p) {
+  if constexpr (std::is_same_v<T, float>) {
+    return _mm256_loadu_ps(p);
+  } else {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    if constexpr (std::is_same_v<T, c10::BFloat16>)
+      return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    else
+      return _mm256_cvtph_ps(h);
+  }
+}
+
 // The bfloat16 bits of 32 floats (lo: elements 0-15, hi: 16-31) that bfloat16 holds exactly,
 // such as widened int8 weights (|w| <= 128): a bfloat16 is the high half of the float's
 // bits, and one vpermt2w gathers the high halves of 32 floats.
