@@ -116,8 +116,9 @@ MYQ_TARGET_AVX2 void block_avx2(const float* x, int64_t K, const int8_t* const* 
 // offset to unsigned (u = w + 128), and vpshufb drops 8 of them into the low bytes of the
 // float 2^23, whose bits then hold 2^23 + u exactly: subtracting 2^23 + 128 leaves w. vpshufb
 // stays within 128-bit lanes, so float vector g holds weights k = 4g..4g+3, 16+4g..16+4g+3 of
-// the chunk; x comes reordered to match (reorder_x_for_row_block). 4096^2 cold, 2 threads,
-// with the prefetch above: 1282 -> 924-1055 us; 1536 x 576: 68 -> 52-60 us.
+// the chunk; x comes reordered to match (reorder_x_for_row_block). In a C loop, cold, 2
+// threads, with the prefetch above: 4096^2 1282 -> 924-1055 us; 1536 x 576 68 -> 52-60 us
+// (through the op, alternating processes: benchmarks/RESULTS.md).
 constexpr int64_t kRowChunk = 32;
 constexpr int kRowNR = 8;
 
