@@ -212,15 +212,17 @@ void parallel_tiles(int64_t M, int64_t N, int64_t tile_m, int64_t tile_n, const 
 // packing); larger ones in per-thread tiles, so a call never holds a float copy of a big weight.
 constexpr int64_t kWholeWeightBytes = int64_t(4) << 20;
 
-// y[m, n] = acc[m, n] * colscale[n] + bias[n] (either may be null), acc [M, N] row-major.
+// y[m, n] = ((acc[m, n] * rowscale[m]) * colscale[n]) + bias[n] (any of the three may be
+// null), acc [M, N] row-major; acc may be y.
 template <typename T>
-void scale_rows(const T* acc, int64_t M, int64_t N, const float* colscale, const float* bias,
-                float* y) {
+void scale_rows(const T* acc, int64_t M, int64_t N, const float* rowscale, const float* colscale,
+                const float* bias, float* y) {
   at::parallel_for(0, M, std::max<int64_t>(1, kMinWorkPerThread / std::max<int64_t>(1, N)),
                    [&](int64_t m0, int64_t m1) {
     for (int64_t m = m0; m < m1; ++m)
       for (int64_t n = 0; n < N; ++n) {
         float v = static_cast<float>(acc[m * N + n]);
+        if (rowscale) v = v * rowscale[m];
         if (colscale) v = v * colscale[n];
         if (bias) v = v + bias[n];
         y[m * N + n] = v;
@@ -260,7 +262,7 @@ void tiled_mm(const at::Tensor& x, int64_t N, const Dequant& dequant, const floa
     } else {
       const at::Tensor acc = at::cpu::mm(x, wt);
       TORCH_INTERNAL_ASSERT(acc.is_contiguous());
-      scale_rows(acc.const_data_ptr<T>(), M, N, colscale, bias, y);
+      scale_rows(acc.const_data_ptr<T>(), M, N, /*rowscale=*/nullptr, colscale, bias, y);
     }
     return;
   }
@@ -489,7 +491,7 @@ std::optional<at::Tensor> int8_zeros(const at::Tensor& zeros) {
 // result is the int32 product, rounded as the reference rounds it.
 constexpr int64_t kExactFloatSumMaxK = 1040;
 
-void w8a8_float_gemm(const int8_t* q, int64_t ldq, const float* rs, int64_t M, int64_t K,
+void w8a8_float_gemm(Isa vec, const int8_t* q, int64_t ldq, const float* rs, int64_t M, int64_t K,
                      int64_t N, const int8_t* w, const float* scale, const float* bias, float* y) {
   at::Tensor xq = at::empty({M, K}, at::TensorOptions().dtype(at::kFloat));
   float* xqp = xq.mutable_data_ptr<float>();
@@ -497,20 +499,11 @@ void w8a8_float_gemm(const int8_t* q, int64_t ldq, const float* rs, int64_t M, i
     for (int64_t m = m0; m < m1; ++m)
       for (int64_t k = 0; k < K; ++k) xqp[m * K + k] = static_cast<float>(q[m * ldq + k]);
   });
-  const Isa vec = vector_isa(cpu_isa());
   tiled_mm<float>(xq, N, [&](int64_t n0, int64_t n1, float* tile) {
     int8_dequant<float>(vec, w, K, n0, n1, tile);
   }, /*colscale=*/nullptr, /*bias=*/nullptr, y);
-  // Same operation order as the int8 kernel's epilogue: ((sum * row scale) * scale) + bias.
-  at::parallel_for(0, M, std::max<int64_t>(1, kMinWorkPerThread / N), [&](int64_t m0, int64_t m1) {
-    for (int64_t m = m0; m < m1; ++m)
-      for (int64_t n = 0; n < N; ++n) {
-        float v = y[m * N + n] * rs[m];
-        v = v * scale[n];
-        if (bias) v = v + bias[n];
-        y[m * N + n] = v;
-      }
-  });
+  // The int8 kernel's epilogue order: ((sum * row scale) * scale) + bias.
+  scale_rows(y, M, N, rs, scale, bias, y);
 }
 
 // ---------------------------------------------------------------- ops
@@ -582,7 +575,7 @@ at::Tensor int8_linear_dynamic_cpu(const at::Tensor& x, const at::Tensor& weight
   const float* bp = ptr_or_null<float>(b);
   float* yp = y.mutable_data_ptr<float>();
   if (vec == Isa::Avx2 && M > kSmallM && K <= kExactFloatSumMaxK) {
-    w8a8_float_gemm(qp, ldq, rsp, M, K, N, wp, sp, bp, yp);
+    w8a8_float_gemm(vec, qp, ldq, rsp, M, K, N, wp, sp, bp, yp);
     return finish(y, x, N);
   }
   const QuantX xq{qp, ldq, qsp, 1, rsp, nullptr};
