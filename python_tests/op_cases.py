@@ -34,7 +34,10 @@ LINEAR_SHAPES = [
     ((33,), 129, 1000),
     ((130,), 96, 512),
     ((257,), 31, 384),
-    ((40,), 520, 4096),  # large M in per-thread tiles: the dequantized weight exceeds 4 MiB
+    ((64,), 33, 200),    # AVX2 gemv up to M = 64 where the weight is dequantized whole (64 | 65)
+    ((65,), 33, 200),
+    ((128,), 520, 2048),  # ... and up to 128 for int8 in per-thread tiles (> 4 MiB): 128 | 129
+    ((129,), 520, 2048),
 ]
 
 # (batch shape, N, K, group_size): K = group for per-channel; groups not a multiple of 16.
@@ -56,7 +59,9 @@ INT4_SHAPES = [
     ((33,), 40, 200, 40),
     ((130,), 96, 512, 128),
     ((257,), 31, 384, 384),
-    ((40,), 520, 4096, 128),  # per-thread tiles (dequantized weight > 4 MiB)
+    ((64,), 24, 128, 64),     # AVX2 gemv up to M = 64 (M = 64 | 65)
+    ((65,), 24, 128, 64),
+    ((65,), 520, 2048, 128),  # per-thread tiles (dequantized weight > 4 MiB)
 ]
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]

