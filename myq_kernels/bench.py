@@ -31,6 +31,17 @@ MEMORY_BOUND_MAX_M = 16
 GROUP = 128
 
 
+def parse_shapes(text):
+    """"4096x4096,1536x576" -> [(4096, 4096), (1536, 576)] (N x K, K even for int4)."""
+    shapes = []
+    for item in text.split(","):
+        n, _, k = item.strip().partition("x")
+        if not (n.isdigit() and k.isdigit() and int(n) > 0 and int(k) > 0 and int(k) % 2 == 0):
+            raise argparse.ArgumentTypeError(f"{item!r} is not N x K with positive N and even K, e.g. 1536x576")
+        shapes.append((int(n), int(k)))
+    return shapes
+
+
 def group_size(k):
     """GROUP, or the largest of 64 / 32 that divides K (e.g. K = 576)."""
     return next(g for g in (GROUP, 64, 32, k) if k % g == 0)
@@ -267,8 +278,9 @@ def run(args):
     else:
         shapes = [(SQUARE, M_VALUES)] + [(s, OTHER_M) for s in OTHER_SHAPES]
     if args.shapes:
-        wanted = {tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")}
-        shapes = [(s, m) for s, m in shapes if s in wanted]
+        # the listed shapes at their usual M values; any other N x K at OTHER_M
+        usual = dict([(SQUARE, M_VALUES)] + [(s, OTHER_M) for s in OTHER_SHAPES])
+        shapes = [(s, usual.get(s, OTHER_M)) for s in args.shapes]
     dtypes = ("fp32", "bf16") if args.quick or smoke else tuple(args.dtypes.split(","))
     rows, scaling = [], []
     for (n, k), m_values in shapes:
@@ -309,7 +321,9 @@ def add_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--out", default="bench_out", help="folder for bench.json / bench.txt / bench.png")
     parser.add_argument("--quick", action="store_true", help="4096x4096 only, M in 1/8/128/512, fp32/bf16")
     parser.add_argument("--smoke", action="store_true", help="one small shape, seconds (CI)")
-    parser.add_argument("--shapes", default="", help="only these N x K shapes, e.g. 4096x4096,1536x576")
+    parser.add_argument("--shapes", type=parse_shapes, default=None,
+                        help="only these N x K shapes, e.g. 4096x4096,1536x576 (a shape outside the "
+                             "default set runs at M = " + "/".join(map(str, OTHER_M)) + ")")
     parser.add_argument("--dtypes", default="fp32,bf16,fp16", help="activation dtypes, comma-separated")
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--min-seconds", type=float, default=0.25, help="time spent per measurement")

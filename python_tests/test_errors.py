@@ -1,8 +1,11 @@
 """Bad input raises a clear exception naming the argument, on every path."""
+import argparse
+
 import pytest
 import torch
 
 import myq_kernels
+from myq_kernels.bench import parse_shapes
 from op_cases import int4_weight, int8_weight
 
 
@@ -95,3 +98,13 @@ def test_direct_torch_ops_call_checks_too(int8_args):
         torch.ops.myq.int8_linear(x, weight, scale[:2], bias)
     with pytest.raises(RuntimeError):
         torch.ops.myq.int8_linear(torch.randn(3, 31), weight, scale, bias)
+
+
+@pytest.mark.parametrize("text", ["12x3", "1536", "0x64", "ax64", "64x-2"])
+def test_bench_shapes_must_be_n_by_even_k(text):
+    with pytest.raises(argparse.ArgumentTypeError, match="is not N x K with positive N and even K"):
+        parse_shapes(text)
+
+
+def test_bench_shapes_parse():
+    assert parse_shapes("4096x4096, 576x1536") == [(4096, 4096), (576, 1536)]
