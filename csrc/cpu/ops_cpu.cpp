@@ -62,7 +62,7 @@ bool bf16_tiles(const at::Tensor& x) {
 
 // AVX2 (Zen 3, float32 tiles): MKL's single-threaded sgemm on a 256-row tile runs at 37-56
 // GFLOP/s for 33..128 rows of x, about what the gemv reaches, so the gemv holds out longer
-// there. Cold, float32 x, ms, gemv -> tiles, alternating processes:
+// there. Cold, float32 x, ms, gemv / tiles, alternating processes:
 //   int8 4096^2 M=64 19-20 / 21-25, M=128 33-35 / 42-47, M=256 72-78 / 74-76;
 //   int8 11008x4096 M=128 95-125 / 117-171, M=192 130-184 / 152-236;
 //   int4 4096^2 M=64 31 / 36-42, M=96 42-45 / 46-51, M=128 59-60 / 53;
