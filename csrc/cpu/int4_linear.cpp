@@ -6,12 +6,15 @@
 // in a per-group table of dequantized values (vpermps). Scalar, and AVX2 with one row of x:
 // within a group the products sum(x * q) accumulate unscaled, then one FMA per group applies
 // the group scale; AVX2 with more rows scales the widened weights instead (block_avx2). The
-// zero point enters once at the end as sum_g scale*zero*sum(x in group).
+// zero point enters once at the end as sum_g scale*zero*sum(x in group). AVX2 from
+// kPanelMinM + 1 rows dequantizes each column block once into a float32 panel instead
+// (gemv_panel_avx2).
 // Large M: int4_dequant fills a float32 / bfloat16 tile for at::mm in the binding.
 #include <immintrin.h>
 
 #include <algorithm>
 #include <type_traits>
+#include <vector>
 
 #include "kernels.h"
 #include "simd.h"
@@ -291,6 +294,67 @@ MYQ_TARGET_AVX2 void dequant_avx2(const uint8_t* packed, const float* scales, co
   }
 }
 
+// AVX2 from kPanelMinM + 1 rows of x: the passes over a column block would widen every nibble
+// once per pass. Instead each block of kColumns rows is dequantized once (dequant_avx2: the
+// reference's weights, natural order) into a float32 panel (24 x K floats, in L2 up to
+// K ~ 10000), and every pass multiplies float weights with the natural-order x. Cold,
+// 2 threads, ms, widening per pass -> panel, alternating processes: 4096^2 M=12 5.7-8.1 ->
+// 5.2-7.4, M=64 24-30 -> 20-26; 1536 x 576 M=16 0.48-0.53 -> 0.36-0.50, M=64 1.8-2.7 ->
+// 0.9-1.5. At M = 8 it was no faster (one core, 4096^2: 6.6 ms against 6.6-8.3).
+template <int MR, int NR>
+MYQ_TARGET_AVX2 void panel_block_avx2(const float* x, int64_t K, const float* const* wr,
+                                      float* out) {
+  __m256 acc[MR][NR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) acc[i][j] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < K; k += 8) {  // K % kInt4Chunk == 0
+    __m256 w[NR];
+    for (int j = 0; j < NR; ++j) w[j] = _mm256_loadu_ps(wr[j] + k);
+    for (int i = 0; i < MR; ++i) {
+      const __m256 xv = _mm256_loadu_ps(x + i * K + k);
+      for (int j = 0; j < NR; ++j) acc[i][j] = _mm256_fmadd_ps(xv, w[j], acc[i][j]);
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) out[i * NR + j] = hsum_avx2(acc[i][j]);
+}
+
+// Panel rows per block for MR rows of x: MR x NR accumulators plus NR weights in 16 registers.
+constexpr int panel_rows_per_block(int mr) { return mr >= 3 ? 3 : 4; }
+
+void gemv_panel_avx2(const float* x, int64_t M, int64_t K, const uint8_t* packed,
+                     const float* scales, const float* zeros, int64_t gs, const float* bias,
+                     float* y, int64_t ldy, int64_t n0, int64_t n1) {
+  thread_local std::vector<float> panel;  // grows once per thread
+  panel.resize(kColumns * K);
+  float out[4 * 4];
+  for (int64_t nc = n0; nc < n1; nc += kColumns) {
+    const int64_t nc1 = std::min(n1, nc + kColumns);
+    dequant_avx2(packed, scales, zeros, gs, K, nc, nc1, panel.data());
+    int mr = 0;
+    for (int64_t m = 0; m < M; m += mr) {
+      mr = gemv_rows_per_pass(M - m);
+      const int nr_block = panel_rows_per_block(mr);
+      const float* xm = x + m * K;
+      for (int64_t nb = nc; nb < nc1; nb += nr_block) {
+        const int nr = static_cast<int>(std::min<int64_t>(nr_block, nc1 - nb));
+        const float* wr[4];
+        for (int j = 0; j < nr_block; ++j)  // pad: repeat the last row
+          wr[j] = panel.data() + (nb - nc + std::min(j, nr - 1)) * K;
+        switch (mr) {
+          case 1: panel_block_avx2<1, panel_rows_per_block(1)>(xm, K, wr, out); break;
+          case 2: panel_block_avx2<2, panel_rows_per_block(2)>(xm, K, wr, out); break;
+          case 3: panel_block_avx2<3, panel_rows_per_block(3)>(xm, K, wr, out); break;
+          default: panel_block_avx2<4, panel_rows_per_block(4)>(xm, K, wr, out); break;
+        }
+        for (int i = 0; i < mr; ++i)
+          for (int j = 0; j < nr; ++j)
+            y[(m + i) * ldy + nb + j] = out[i * nr_block + j] + (bias ? bias[nb + j] : 0.f);
+      }
+    }
+  }
+}
+
 // float -> bfloat16, round to nearest even (finite inputs), 16 lanes.
 MYQ_TARGET_AVX512 inline __m256i to_bf16_avx512(__m512 f) {
   __m512i bits = _mm512_castps_si512(f);
@@ -385,8 +449,8 @@ void int4_prepare_x(const float* x, int64_t M, int64_t K, int64_t group_size, fl
   }
 }
 
-void int4_gemv(Isa isa, const float* xp, const float* xsum, int64_t M, int64_t K,
-               const uint8_t* packed, const float* scales, const float* zeros,
+void int4_gemv(Isa isa, const float* x, const float* xp, const float* xsum, int64_t M,
+               int64_t K, const uint8_t* packed, const float* scales, const float* zeros,
                int64_t group_size, const float* bias, float* y, int64_t ldy, int64_t n0,
                int64_t n1) {
   switch (isa) {
@@ -394,7 +458,10 @@ void int4_gemv(Isa isa, const float* xp, const float* xsum, int64_t M, int64_t K
       gemv_vector<true>(xp, xsum, M, K, packed, scales, zeros, group_size, bias, y, ldy, n0, n1);
       break;
     case Isa::Avx2:
-      gemv_vector<false>(xp, xsum, M, K, packed, scales, zeros, group_size, bias, y, ldy, n0, n1);
+      if (M > kPanelMinM)
+        gemv_panel_avx2(x, M, K, packed, scales, zeros, group_size, bias, y, ldy, n0, n1);
+      else
+        gemv_vector<false>(xp, xsum, M, K, packed, scales, zeros, group_size, bias, y, ldy, n0, n1);
       break;
     default:
       gemv_scalar(xp, xsum, M, K, packed, scales, zeros, group_size, bias, y, ldy, n0, n1);

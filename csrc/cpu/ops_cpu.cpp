@@ -651,10 +651,11 @@ at::Tensor int4_linear_cpu(const at::Tensor& x, const at::Tensor& packed,
     at::Tensor xsum = at::empty({M, G}, xf.options());
     int4_prepare_x(xf.const_data_ptr<float>(), M, K, group_size, xp.mutable_data_ptr<float>(),
                    xsum.mutable_data_ptr<float>());
+    const float* xfp = xf.const_data_ptr<float>();
     const float* xpp = xp.const_data_ptr<float>();
     const float* xsp = xsum.const_data_ptr<float>();
     parallel_cols(N, M * K, [&](int64_t n0, int64_t n1) {
-      int4_gemv(vec, xpp, xsp, M, K, pp, sp, zp, group_size, bp, yp, N, n0, n1);
+      int4_gemv(vec, xfp, xpp, xsp, M, K, pp, sp, zp, group_size, bp, yp, N, n0, n1);
     });
   } else if (bf16_tiles(x)) {
     tiled_mm<c10::BFloat16>(x2.contiguous(), N, [&](int64_t n0, int64_t n1, c10::BFloat16* tile) {
