@@ -84,7 +84,8 @@ constexpr int64_t kPrefetchBlocks = 2;
 
 // out[i*NR + j] = dot(x row i, weight row j), i < MR. NR shrinks as MR grows
 // (rows_per_block), measured on Zen 3, one core, L2-resident weights, in G vector FMAs/s
-// (a loop of independent FMAs: 6.9-7.1): MR x NR = 2x4 3.4, 2x6 3.8, 3x4 4.1, 4x2 2.7, 4x3 4.5, 8x1 2.3.
+// (a loop of independent FMAs: 6.9-7.1): MR x NR = 2x4 3.4, 2x6 3.8, 3x4 4.1, 4x2 2.7,
+// 4x3 4.5, 8x1 2.3.
 template <int MR, int NR>
 MYQ_TARGET_AVX2 void block_avx2(const float* x, int64_t K, const int8_t* const* wr,
                                 float* out) {
