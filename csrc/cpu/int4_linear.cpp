@@ -7,7 +7,7 @@
 // within a group the products sum(x * q) accumulate unscaled, then one FMA per group applies
 // the group scale; AVX2 with more rows scales the widened weights instead (block_avx2). The
 // zero point enters once at the end as sum_g scale*zero*sum(x in group). AVX2 from
-// kPanelMinM + 1 rows dequantizes each column block once into a float32 panel instead
+// kPanelMinM rows dequantizes each column block once into a float32 panel instead
 // (gemv_panel_avx2).
 // Large M: int4_dequant fills a float32 / bfloat16 tile for at::mm in the binding.
 #include <immintrin.h>
@@ -294,7 +294,7 @@ MYQ_TARGET_AVX2 void dequant_avx2(const uint8_t* packed, const float* scales, co
   }
 }
 
-// AVX2 from kPanelMinM + 1 rows of x: the passes over a column block would widen every nibble
+// AVX2 from kPanelMinM rows of x: the passes over a column block would widen every nibble
 // once per pass. Instead each block of kColumns rows is dequantized once (dequant_avx2: the
 // reference's weights, natural order) into a float32 panel (24 x K floats, in L2 up to
 // K ~ 10000), and every pass multiplies float weights with the natural-order x. Cold,
@@ -458,7 +458,7 @@ void int4_gemv(Isa isa, const float* x, const float* xp, const float* xsum, int6
       gemv_vector<true>(xp, xsum, M, K, packed, scales, zeros, group_size, bias, y, ldy, n0, n1);
       break;
     case Isa::Avx2:
-      if (M > kPanelMinM)
+      if (M >= kPanelMinM)
         gemv_panel_avx2(x, M, K, packed, scales, zeros, group_size, bias, y, ldy, n0, n1);
       else
         gemv_vector<false>(xp, xsum, M, K, packed, scales, zeros, group_size, bias, y, ldy, n0, n1);
