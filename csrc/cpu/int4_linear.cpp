@@ -300,24 +300,8 @@ MYQ_TARGET_AVX2 void dequant_avx2(const uint8_t* packed, const float* scales, co
 // K ~ 10000), and every pass multiplies float weights with the natural-order x. Cold,
 // 2 threads, ms, widening per pass -> panel, alternating processes: 4096^2 M=12 5.7-8.1 ->
 // 5.2-7.4, M=64 24-30 -> 20-26; 1536 x 576 M=16 0.48-0.53 -> 0.36-0.50, M=64 1.8-2.7 ->
-// 0.9-1.5. At M = 8 it was no faster (one core, 4096^2: 6.6 ms against 6.6-8.3).
-template <int MR, int NR>
-MYQ_TARGET_AVX2 void panel_block_avx2(const float* x, int64_t K, const float* const* wr,
-                                      float* out) {
-  __m256 acc[MR][NR];
-  for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) acc[i][j] = _mm256_setzero_ps();
-  for (int64_t k = 0; k < K; k += 8) {  // K % kInt4Chunk == 0
-    __m256 w[NR];
-    for (int j = 0; j < NR; ++j) w[j] = _mm256_loadu_ps(wr[j] + k);
-    for (int i = 0; i < MR; ++i) {
-      const __m256 xv = _mm256_loadu_ps(x + i * K + k);
-      for (int j = 0; j < NR; ++j) acc[i][j] = _mm256_fmadd_ps(xv, w[j], acc[i][j]);
-    }
-  }
-  for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) out[i * NR + j] = hsum_avx2(acc[i][j]);
-}
+// 0.9-1.5. At M = 8 it was no faster (one core, 4096^2: 6.6 ms against 6.6-8.3). The blocks
+// are dot_block_avx2 (simd.h) on float weights, without prefetch: the panel is in L2.
 
 // Panel rows per block for MR rows of x: MR x NR accumulators plus NR weights in 16 registers.
 constexpr int panel_rows_per_block(int mr) { return mr >= 3 ? 3 : 4; }
@@ -342,10 +326,10 @@ void gemv_panel_avx2(const float* x, int64_t M, int64_t K, const uint8_t* packed
         for (int j = 0; j < nr_block; ++j)  // pad: repeat the last row
           wr[j] = panel.data() + (nb - nc + std::min(j, nr - 1)) * K;
         switch (mr) {
-          case 1: panel_block_avx2<1, panel_rows_per_block(1)>(xm, K, wr, out); break;
-          case 2: panel_block_avx2<2, panel_rows_per_block(2)>(xm, K, wr, out); break;
-          case 3: panel_block_avx2<3, panel_rows_per_block(3)>(xm, K, wr, out); break;
-          default: panel_block_avx2<4, panel_rows_per_block(4)>(xm, K, wr, out); break;
+          case 1: dot_block_avx2<1, panel_rows_per_block(1), 0>(xm, K, wr, out); break;
+          case 2: dot_block_avx2<2, panel_rows_per_block(2), 0>(xm, K, wr, out); break;
+          case 3: dot_block_avx2<3, panel_rows_per_block(3), 0>(xm, K, wr, out); break;
+          default: dot_block_avx2<4, panel_rows_per_block(4), 0>(xm, K, wr, out); break;
         }
         for (int i = 0; i < mr; ++i)
           for (int j = 0; j < nr; ++j)

@@ -82,35 +82,10 @@ MYQ_TARGET_AVX512 void block_avx512(const float* x, int64_t K, const int8_t* con
 // ahead 52-58 (with row_block_avx2); 4096^2 1169-1241 (no prefetch) -> 867-1054.
 constexpr int64_t kPrefetchBlocks = 2;
 
-// out[i*NR + j] = dot(x row i, weight row j), i < MR. NR shrinks as MR grows
+// From two rows of x the blocks are dot_block_avx2 (simd.h). NR shrinks as MR grows
 // (rows_per_block), measured on Zen 3, one core, L2-resident weights, in G vector FMAs/s
 // (a loop of independent FMAs: 6.9-7.1): MR x NR = 2x4 3.4, 2x6 3.8, 3x4 4.1, 4x2 2.7,
 // 4x3 4.5, 8x1 2.3.
-template <int MR, int NR>
-MYQ_TARGET_AVX2 void block_avx2(const float* x, int64_t K, const int8_t* const* wr,
-                                float* out) {
-  __m256 acc[MR][NR];
-  for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) acc[i][j] = _mm256_setzero_ps();
-  const int64_t ahead = kPrefetchBlocks * NR * K;
-  int64_t k = 0;
-  for (; k + 8 <= K; k += 8) {
-    if ((k & 63) == 0) prefetch_block_lines<NR>(wr[0], ahead, k / 64);
-    __m256 xv[MR];
-    for (int i = 0; i < MR; ++i) xv[i] = _mm256_loadu_ps(x + i * K + k);
-    for (int j = 0; j < NR; ++j) {
-      __m256 wv = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
-          _mm_loadl_epi64(reinterpret_cast<const __m128i*>(wr[j] + k))));
-      for (int i = 0; i < MR; ++i) acc[i][j] = _mm256_fmadd_ps(xv[i], wv, acc[i][j]);
-    }
-  }
-  for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) {
-      float s = hsum_avx2(acc[i][j]);
-      for (int64_t kk = k; kk < K; ++kk) s += x[i * K + kk] * static_cast<float>(wr[j][kk]);
-      out[i * NR + j] = s;
-    }
-}
 
 // One row of x (decode) is bound by widening the weights, not by FMAs: vpmovsxbd + vcvtdq2ps
 // reach ~12-14 G weights/s per core on Zen 3. Here 32 weight bytes are loaded at once,
@@ -181,7 +156,7 @@ template <int MR, bool kAvx512>
 void run_block(const float* x, int64_t K, const int8_t* const* wr, float* out) {
   if constexpr (kAvx512) block_avx512<MR>(x, K, wr, out);
   else if constexpr (MR == 1) row_block_avx2(x, K, wr, out);
-  else block_avx2<MR, rows_per_block<false>(MR)>(x, K, wr, out);
+  else dot_block_avx2<MR, rows_per_block<false>(MR), kPrefetchBlocks>(x, K, wr, out);
 }
 
 

@@ -30,6 +30,42 @@ MYQ_TARGET_AVX2 inline float hsum_avx2(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+// 8 weights as float32: int8 ones widened, float32 ones loaded.
+MYQ_TARGET_AVX2 inline __m256 load_w8(const int8_t* w) {
+  const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(w));
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
+}
+MYQ_TARGET_AVX2 inline __m256 load_w8(const float* w) { return _mm256_loadu_ps(w); }
+
+// out[i*NR + j] = dot(x row i, weight row j) over K, i < MR (x rows K apart). The NR weight
+// rows are adjacent in memory when kPrefetchBlocks > 0: they are then prefetched that many
+// blocks ahead in address order (prefetch_block_lines).
+template <int MR, int NR, int64_t kPrefetchBlocks, typename W>
+MYQ_TARGET_AVX2 void dot_block_avx2(const float* x, int64_t K, const W* const* wr, float* out) {
+  constexpr int64_t kLineWeights = 64 / sizeof(W);
+  __m256 acc[MR][NR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) acc[i][j] = _mm256_setzero_ps();
+  const int64_t ahead = kPrefetchBlocks * NR * K * static_cast<int64_t>(sizeof(W));
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8) {
+    if constexpr (kPrefetchBlocks > 0)
+      if (k % kLineWeights == 0) prefetch_block_lines<NR>(wr[0], ahead, k / kLineWeights);
+    __m256 xv[MR];
+    for (int i = 0; i < MR; ++i) xv[i] = _mm256_loadu_ps(x + i * K + k);
+    for (int j = 0; j < NR; ++j) {
+      const __m256 wv = load_w8(wr[j] + k);
+      for (int i = 0; i < MR; ++i) acc[i][j] = _mm256_fmadd_ps(xv[i], wv, acc[i][j]);
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) {
+      float s = hsum_avx2(acc[i][j]);
+      for (int64_t kk = k; kk < K; ++kk) s += x[i * K + kk] * static_cast<float>(wr[j][kk]);
+      out[i * NR + j] = s;
+    }
+}
+
 // 8 activations as float32 from float32, bfloat16 or float16 x (AVX2 + F16C; see load_x16).
 template <typename T>
 MYQ_TARGET_AVX2 inline __m256 load_x8(const T* p) {
