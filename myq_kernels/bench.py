@@ -2,10 +2,10 @@
 
     myq bench            (or: python benchmarks/report.py)
 
-Every row is timed in the same run as its baselines, and reported as time, achieved
-GB/s (weight bytes streamed, for small M: memory-bound) or GOP/s (for large M:
-compute-bound), the fraction of this machine's limit measured in the same run, and the
-speed-up over each baseline. "Cold" weights cycle through enough copies (> L3) that each
+Every row is timed in the same run as its baselines, in turns with them, and reported as
+time, achieved GB/s (weight bytes streamed, for small M: memory-bound) or GOP/s (for
+large M: compute-bound), the fraction of this machine's limit measured in the same run,
+and the speed-up over each baseline. "Cold" weights cycle through enough copies (> L3) that each
 call streams its weight from memory, as in a real model; "hot" reuses one copy.
 The table is printed, written as JSON, and drawn as a PNG of speed-up against M.
 """
@@ -70,23 +70,60 @@ class Row:
     vs: dict = field(default_factory=dict)  # baseline name -> speed-up (baseline time / ours)
 
 
-def _timeit(fn, copies, min_seconds, min_calls=3, max_seconds=3.0):
-    """Median seconds per call, cycling through `copies` (argument tuples) call by call.
+ROUNDS = 3
 
-    Runs at least `min_calls` calls and `min_seconds`, but stops after `max_seconds` so that a
-    very slow baseline (e.g. a dtype torch has no fast kernel for) does not dominate the run.
+
+def _time_together(cases, min_seconds, min_calls=3, max_seconds=3.0, setups=None, optional=()):
+    """Median seconds per call of each case {name: (fn, copies)}, the cases timed in turns.
+
+    The run is split into ROUNDS rounds, and in each one every case gets min_seconds / ROUNDS,
+    cycling through its `copies` (argument tuples) call by call. On a machine whose speed
+    drifts from one second to the next (a shared VM's clock and memory bandwidth do), the drift
+    then falls on ours and the baselines alike, so their ratio holds even when the times move.
+    A case that reuses one copy (hot weights) makes an untimed call at the start of each turn,
+    because the cases before it evicted its weights. Each case makes at least `min_calls`
+    timed calls and stops after `max_seconds`, so that a very slow baseline does not dominate.
+    setups: {name: callable} run before each of that case's turns (e.g. set the thread count).
+    An `optional` case whose first call raises RuntimeError or NotImplementedError (a torch
+    baseline with no kernel for that dtype) is left out of the result.
     """
-    fn(*copies[0])  # warm-up
-    times, start, i = [], time.perf_counter(), 0
-    while i < min_calls or time.perf_counter() - start < min_seconds:
-        args = copies[i % len(copies)]
-        t0 = time.perf_counter()
-        fn(*args)
-        times.append(time.perf_counter() - t0)
-        i += 1
-        if i >= 2000 or time.perf_counter() - start > max_seconds:
-            break
-    return statistics.median(times)
+    times, spent, position, live = {}, {}, {}, []
+    for name, (fn, copies) in cases.items():
+        if setups and name in setups:
+            setups[name]()
+        try:
+            fn(*copies[0])  # warm-up, and the check that torch can run it
+        except (RuntimeError, NotImplementedError):
+            if name not in optional:
+                raise
+            continue
+        times[name], spent[name], position[name] = [], 0.0, 0
+        live.append(name)
+    per_round_calls = -(-min_calls // ROUNDS)
+    for _ in range(ROUNDS):
+        for name in live:
+            fn, copies = cases[name]
+            if setups and name in setups:
+                setups[name]()
+            if len(copies) == 1:
+                fn(*copies[0])
+            start, calls = time.perf_counter(), 0
+            while calls < per_round_calls or time.perf_counter() - start < min_seconds / ROUNDS:
+                if spent[name] + time.perf_counter() - start > max_seconds or len(times[name]) >= 2000:
+                    break
+                args = copies[position[name] % len(copies)]
+                position[name] += 1
+                t0 = time.perf_counter()
+                fn(*args)
+                times[name].append(time.perf_counter() - t0)
+                calls += 1
+            spent[name] += time.perf_counter() - start
+    return {name: statistics.median(times[name]) for name in live if times[name]}
+
+
+def _timeit(fn, copies, min_seconds):
+    """Median seconds per call of one function (see _time_together)."""
+    return _time_together({"fn": (fn, copies)}, min_seconds)["fn"]
 
 
 def _copies_needed(bytes_per_copy, cold, cold_bytes):
@@ -181,20 +218,16 @@ def bench_case(weights, op, dtype, m, cold, limits, min_seconds):
     n, k = weights.n, weights.k
     x = torch.randn(m, k).to(DTYPES[dtype])
     kind, fn = OURS[op]
-    mine = _timeit(lambda *a: fn(x, *a), weights.get(kind, cold), min_seconds)
-
-    baselines = {"F.linear fp32": (("fp32",), lambda w: F.linear(x.float(), w))}
+    cases = {"ours": (lambda *a: fn(x, *a), weights.get(kind, cold)),
+             "F.linear fp32": (lambda w: F.linear(x.float(), w), weights.get("fp32", cold))}
     if dtype != "fp32":
-        baselines[f"F.linear {dtype}"] = ((dtype,), lambda w: F.linear(x, w))
+        cases[f"F.linear {dtype}"] = (lambda w: F.linear(x, w), weights.get(dtype, cold))
     tkind, tname, tfn = TORCH_QUANTIZED[op]
     if op != "int8_linear_dynamic" or m > 16:  # torch._int_mm on CPU wants M > 16
-        baselines[tname] = ((tkind,), lambda *a: tfn(x, *a))
-    vs = {}
-    for name, ((bkind,), bfn) in baselines.items():
-        try:
-            vs[name] = _timeit(bfn, weights.get(bkind, cold), min_seconds) / mine
-        except (RuntimeError, NotImplementedError):  # torch has no such kernel for this dtype
-            continue
+        cases[tname] = (lambda *a: tfn(x, *a), weights.get(tkind, cold))
+    seconds = _time_together(cases, min_seconds, optional=[name for name in cases if name != "ours"])
+    mine = seconds.pop("ours")
+    vs = {name: t / mine for name, t in seconds.items()}
 
     weight_bytes = weights.bytes(kind)
     if m <= MEMORY_BOUND_MAX_M:
@@ -207,19 +240,18 @@ def bench_case(weights, op, dtype, m, cold, limits, min_seconds):
 
 
 def thread_scaling(weights, op, dtype, m, min_seconds):
-    """Speed-up of 2 threads over 1 on one case (compute-bound cases should give ~2x)."""
+    """Speed-up of 2 threads over 1 on one case (compute-bound cases should give ~2x),
+    the two timed in turns."""
     x = torch.randn(m, weights.k).to(DTYPES[dtype])
     kind, fn = OURS[op]
-    copies = weights.get(kind, False)
+    call = (lambda *a: fn(x, *a), weights.get(kind, False))
     before = torch.get_num_threads()
     try:
-        torch.set_num_threads(1)
-        one = _timeit(lambda *a: fn(x, *a), copies, min_seconds)
-        torch.set_num_threads(2)
-        two = _timeit(lambda *a: fn(x, *a), copies, min_seconds)
+        seconds = _time_together({1: call, 2: call}, min_seconds,
+                                 setups={1: lambda: torch.set_num_threads(1), 2: lambda: torch.set_num_threads(2)})
     finally:
         torch.set_num_threads(before)
-    return one / two
+    return seconds[1] / seconds[2]
 
 
 def format_table(rows, limits):
@@ -333,7 +365,7 @@ def add_arguments(parser: argparse.ArgumentParser):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="myq bench", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
-    run(parser.parse_args(argv))
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":
