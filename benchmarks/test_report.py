@@ -1,5 +1,6 @@
 """The report (`myq bench`) end to end on one small shape, so that it cannot rot."""
 import json
+import time
 
 import pytest
 
@@ -34,3 +35,10 @@ def test_a_baseline_torch_cannot_run_is_left_out():
     assert set(bench._time_together(cases, 0.0, optional=["baseline"])) == {"ours"}
     with pytest.raises(NotImplementedError):  # an error in our own op is not swallowed
         bench._time_together({"ours": (unsupported, [()])}, 0.0)
+
+
+def test_a_slow_case_stops_at_its_budget():
+    calls = []
+    cases = {"slow": (lambda: (calls.append(1), time.sleep(0.02)), [()])}
+    bench._time_together(cases, min_seconds=10.0, max_seconds=0.01)
+    assert len(calls) == 2  # the warm-up and one timed call

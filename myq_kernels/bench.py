@@ -80,8 +80,8 @@ def _time_together(cases, min_seconds, min_calls=3, max_seconds=3.0, setups=None
     cycling through its `copies` (argument tuples) call by call. On a machine whose speed
     drifts from one second to the next (a shared VM's clock and memory bandwidth do), the drift
     then falls on ours and the baselines alike, so their ratio holds even when the times move.
-    A case that reuses one copy (hot weights) makes an untimed call at the start of each turn,
-    because the cases before it evicted its weights. Each case makes at least `min_calls`
+    A case that reuses one copy (hot weights) makes an untimed call at the start of a turn
+    that follows another case's, which evicted its weights. Each case makes at least `min_calls`
     timed calls and stops after `max_seconds`, so that a very slow baseline does not dominate.
     setups: {name: callable} run before each of that case's turns (e.g. set the thread count).
     An `optional` case whose first call raises RuntimeError or NotImplementedError (a torch
@@ -100,16 +100,20 @@ def _time_together(cases, min_seconds, min_calls=3, max_seconds=3.0, setups=None
         times[name], spent[name], position[name] = [], 0.0, 0
         live.append(name)
     per_round_calls = -(-min_calls // ROUNDS)
+    last = live[-1] if live else None
     for _ in range(ROUNDS):
         for name in live:
             fn, copies = cases[name]
+            if times[name] and spent[name] > max_seconds:
+                continue
             if setups and name in setups:
                 setups[name]()
-            if len(copies) == 1:
-                fn(*copies[0])
             start, calls = time.perf_counter(), 0
+            if len(copies) == 1 and last != name:
+                fn(*copies[0])
+            last = name
             while calls < per_round_calls or time.perf_counter() - start < min_seconds / ROUNDS:
-                if spent[name] + time.perf_counter() - start > max_seconds or len(times[name]) >= 2000:
+                if times[name] and spent[name] + time.perf_counter() - start > max_seconds:
                     break
                 args = copies[position[name] % len(copies)]
                 position[name] += 1
