@@ -116,8 +116,9 @@ MYQ_TARGET_AVX512 void block_avx512(const float* xp, int64_t K, int64_t gs,
 // (prefetch_block_lines), for every M. 4096^2 M=1 cold, alternating processes: no prefetch
 // 1151-1480 us -> one line in each row of the block 960-1022; in a later sitting, one line per
 // row 834-883 -> address order 760-767.
-// Widening the nibbles through the float 2^23 as int8's row_block_avx2 does was slower here
-// (4096^2 M=1 834-926 -> 1059-1093 us): it takes more instructions than the dword shifts.
+// Widening the nibbles through the float 2^23 (vpshufb or and / or, then a subtraction) instead
+// of vcvtdq2ps was slower: 4096^2 M=1 834-926 -> 1059-1093 us, and in L2 on one core
+// 15-20 -> 19-28 us for 64 rows.
 constexpr int64_t kPrefetchBlocks = 4;
 // The group scale is applied in one of two ways, by MR. One row of x keeps unscaled partial
 // sums per group (two FMA chains per row pair) and scales them once per group: the fewest

@@ -8,7 +8,6 @@
 
 #include <algorithm>
 #include <type_traits>
-#include <vector>
 
 #include "kernels.h"
 #include "simd.h"
@@ -79,70 +78,18 @@ MYQ_TARGET_AVX512 void block_avx512(const float* x, int64_t K, const int8_t* con
 // ramp up on its own, and a prefetch of one line in each row of the block left it behind too.
 // Measured cold on Zen 3 (weights cycled through 256 MB, 2 threads), M = 1, in a C loop, us:
 // 1536 x 576 no prefetch 158-194, per row 4 blocks ahead 103-130, in address order 2 blocks
-// ahead 52-58 (with row_block_avx2); 4096^2 1169-1241 (no prefetch) -> 867-1054.
+// ahead 52-58 (with the one-row kernel of the time); 4096^2 1169-1241 (no prefetch) -> 867-1054.
 constexpr int64_t kPrefetchBlocks = 2;
 
-// From two rows of x the blocks are dot_block_avx2 (simd.h). NR shrinks as MR grows
-// (rows_per_block), measured on Zen 3, one core, L2-resident weights, in G vector FMAs/s
-// (a loop of independent FMAs: 6.9-7.1): MR x NR = 2x4 3.4, 2x6 3.8, 3x4 4.1, 4x2 2.7,
-// 4x3 4.5, 8x1 2.3.
-
-// One row of x (decode) is bound by widening the weights, not by FMAs: vpmovsxbd + vcvtdq2ps
-// reach ~12-14 G weights/s per core on Zen 3. Here 32 weight bytes are loaded at once,
-// offset to unsigned (u = w + 128), and vpshufb drops 8 of them into the low bytes of the
-// float 2^23, whose bits then hold 2^23 + u exactly: subtracting 2^23 + 128 leaves w. vpshufb
-// stays within 128-bit lanes, so float vector g holds weights k = 4g..4g+3, 16+4g..16+4g+3 of
-// the chunk; x comes reordered to match (reorder_x_for_row_block). In a C loop, cold, 2
-// threads, with the prefetch above: 4096^2 1282 -> 924-1055 us; 1536 x 576 68 -> 52-60 us
-// (through the op, alternating processes: benchmarks/RESULTS.md).
-constexpr int64_t kRowChunk = 32;
-constexpr int kRowNR = 8;
-
-// xr[c + 8g + 4l + d] = x[c + 16l + 4g + d] in every whole chunk c of kRowChunk; the tail as is.
-void reorder_x_for_row_block(const float* x, int64_t K, float* xr) {
-  const int64_t whole = K / kRowChunk * kRowChunk;
-  for (int64_t c = 0; c < whole; c += kRowChunk)
-    for (int g = 0; g < 4; ++g)
-      for (int l = 0; l < 2; ++l)
-        for (int d = 0; d < 4; ++d) xr[c + 8 * g + 4 * l + d] = x[c + 16 * l + 4 * g + d];
-  std::copy(x + whole, x + K, xr + whole);
-}
-
-MYQ_TARGET_AVX2 void row_block_avx2(const float* xr, int64_t K, const int8_t* const* wr,
-                                    float* out) {
-  const __m256i to_unsigned = _mm256_set1_epi8(static_cast<char>(0x80));
-  const __m256i two23_bits = _mm256_set1_epi32(0x4B000000);
-  const __m256 two23_plus_128 = _mm256_set1_ps(8388608.f + 128.f);
-  __m256i pick[4];  // byte 4g + d of each lane into the low byte of dword d, zeros above
-  for (int g = 0; g < 4; ++g) {
-    const int b = 4 * g;
-    pick[g] = _mm256_setr_epi8(b, -1, -1, -1, b + 1, -1, -1, -1, b + 2, -1, -1, -1, b + 3, -1, -1, -1,
-                               b, -1, -1, -1, b + 1, -1, -1, -1, b + 2, -1, -1, -1, b + 3, -1, -1, -1);
-  }
-  __m256 acc[kRowNR];
-  for (int j = 0; j < kRowNR; ++j) acc[j] = _mm256_setzero_ps();
-  const int64_t ahead = kPrefetchBlocks * kRowNR * K;
-  int64_t k = 0;
-  for (; k + kRowChunk <= K; k += kRowChunk) {
-    if ((k & 63) == 0) prefetch_block_lines<kRowNR>(wr[0], ahead, k / 64);
-    __m256 xv[4];
-    for (int g = 0; g < 4; ++g) xv[g] = _mm256_loadu_ps(xr + k + 8 * g);
-    for (int j = 0; j < kRowNR; ++j) {
-      const __m256i u = _mm256_xor_si256(
-          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr[j] + k)), to_unsigned);
-      for (int g = 0; g < 4; ++g) {
-        const __m256 biased =
-            _mm256_castsi256_ps(_mm256_or_si256(_mm256_shuffle_epi8(u, pick[g]), two23_bits));
-        acc[j] = _mm256_fmadd_ps(xv[g], _mm256_sub_ps(biased, two23_plus_128), acc[j]);
-      }
-    }
-  }
-  for (int j = 0; j < kRowNR; ++j) {
-    float s = hsum_avx2(acc[j]);
-    for (int64_t kk = k; kk < K; ++kk) s += xr[kk] * static_cast<float>(wr[j][kk]);
-    out[j] = s;
-  }
-}
+// The AVX2 blocks are dot_block_avx2 (simd.h). NR shrinks as MR grows (rows_per_block),
+// measured on Zen 3, one core, L2-resident weights, in G vector FMAs/s (a loop of independent
+// FMAs: 6.9-7.1): MR x NR = 2x4 3.4, 2x6 3.8, 3x4 4.1, 4x2 2.7, 4x3 4.5, 8x1 2.3.
+// One row of x (decode) widens each weight with vpmovsxbd + vcvtdq2ps, 8 rows per block. An
+// earlier kernel that dropped the bytes into the float 2^23 with vpshufb (fewer conversions,
+// more instructions) was slower: the two in one process, alternating call by call, 2 threads,
+// median us, cold (weights cycled through 256 MB) unless marked: 4096^2 1299 -> 947 and
+// 1537 -> 1256, hot 946 -> 788; 1536 x 576 137 -> 92; 576 x 1536 130 -> 99; 11008 x 4096
+// 4695 -> 4216.
 
 // ---------------------------------------------------------------- driver (all vector paths)
 // Weight rows per block for MR rows of x: AVX-512 always 4 (16 zmm accumulators at MR = 4).
@@ -151,14 +98,11 @@ constexpr int rows_per_block(int mr) {
   return kAvx512 ? kNR : mr == 1 ? 8 : mr == 2 ? 6 : mr == 3 ? 4 : 3;
 }
 
-// AVX2 with MR = 1 (only when M = 1, see gemv_rows_per_pass) reads x reordered for row_block_avx2.
 template <int MR, bool kAvx512>
 void run_block(const float* x, int64_t K, const int8_t* const* wr, float* out) {
   if constexpr (kAvx512) block_avx512<MR>(x, K, wr, out);
-  else if constexpr (MR == 1) row_block_avx2(x, K, wr, out);
   else dot_block_avx2<MR, rows_per_block<false>(MR), kPrefetchBlocks>(x, K, wr, out);
 }
-
 
 // Columns [n0, n1) in blocks of kColumns weight rows (L2-resident while every block of MR
 // rows of x passes over them, so the weights stream from memory once for any M); a multiple
@@ -243,16 +187,7 @@ void int8_gemv(Isa isa, const float* x, int64_t M, int64_t K, const int8_t* w,
                int64_t n1) {
   switch (isa) {
     case Isa::Avx512Vnni: gemv_vector<true>(x, M, K, w, scale, bias, y, ldy, n0, n1); break;
-    case Isa::Avx2:
-      if (M == 1) {
-        thread_local std::vector<float> xr;
-        xr.resize(K);
-        reorder_x_for_row_block(x, K, xr.data());
-        gemv_vector<false>(xr.data(), M, K, w, scale, bias, y, ldy, n0, n1);
-      } else {
-        gemv_vector<false>(x, M, K, w, scale, bias, y, ldy, n0, n1);
-      }
-      break;
+    case Isa::Avx2: gemv_vector<false>(x, M, K, w, scale, bias, y, ldy, n0, n1); break;
     default: gemv_scalar(x, M, K, w, scale, bias, y, ldy, n0, n1); break;
   }
 }

@@ -28,7 +28,7 @@ inline int64_t prefetch_ahead(int64_t block_bytes) {
 
 // The small-M GEMVs (int8_gemv, int4_gemv) pass over each column block with at most 4 rows of x
 // at a time; 5 rows left go as 3 + 2, so that a one-row pass (MR = 1, which has its own AVX2
-// kernel in both) only ever happens when x is one row.
+// form in int4_gemv) only ever happens when x is one row.
 constexpr int gemv_rows_per_pass(int64_t left) {
   return left == 5 ? 3 : left >= 4 ? 4 : static_cast<int>(left);
 }
