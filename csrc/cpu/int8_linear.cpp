@@ -87,9 +87,9 @@ constexpr int64_t kPrefetchBlocks = 2;
 // One row of x (decode) widens each weight with vpmovsxbd + vcvtdq2ps, 8 rows per block. An
 // earlier kernel that dropped the bytes into the float 2^23 with vpshufb (fewer conversions,
 // more instructions) was slower: the two in one process, alternating call by call, 2 threads,
-// median us, cold (weights cycled through 256 MB) unless marked: 4096^2 1299 -> 947 and
-// 1537 -> 1256, hot 946 -> 788; 1536 x 576 137 -> 92; 576 x 1536 130 -> 99; 11008 x 4096
-// 4695 -> 4216.
+// median us of 1000 calls each, cold (weights cycled through 256 MB) unless marked: 4096^2
+// 1285 -> 1140 and 1547 -> 1421, hot 1488 -> 1322 and 900 -> 738; 11008 x 4096 3857 -> 3498
+// and 4380 -> 4034; 1536 x 576 116 -> 115 and 576 x 1536 127 -> 128 (the same).
 
 // ---------------------------------------------------------------- driver (all vector paths)
 // Weight rows per block for MR rows of x: AVX-512 always 4 (16 zmm accumulators at MR = 4).
