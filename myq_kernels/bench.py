@@ -5,8 +5,8 @@
 Every row is timed in the same run as its baselines, in turns with them, and reported as
 time, achieved GB/s (weight bytes streamed, for small M: memory-bound) or GOP/s (for
 large M: compute-bound), the fraction of this machine's limit measured in the same run,
-and the speed-up over each baseline. "Cold" weights cycle through enough copies (> L3) that each
-call streams its weight from memory, as in a real model; "hot" reuses one copy.
+and the speed-up over each baseline. "Cold" weights cycle through enough copies (> L3)
+that each call streams its weight from memory, as in a real model; "hot" reuses one copy.
 The table is printed, written as JSON, and drawn as a PNG of speed-up against M.
 """
 import argparse
