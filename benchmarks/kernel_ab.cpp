@@ -83,6 +83,7 @@ int main(int argc, char** argv) {
     for (auto& v : packed) v = static_cast<uint8_t>(rng());
     for (auto& v : scales) v = static_cast<float>(rng() % 100 + 1) * 1e-3f;
     for (auto& v : zeros) v = static_cast<float>(rng() % 16);
+    // Both builds read v0's form of x: the outputs are not compared, only the times.
     myq_v0::int4_prepare_x(x.data(), M, K, kGroup, xp.data(), xsum.data());
   } else {
     w8.resize(copies * N * K);
