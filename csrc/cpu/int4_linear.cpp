@@ -443,7 +443,7 @@ void int4_gemv(Isa isa, const float* x, const float* xp, const float* xsum, int6
       gemv_vector<true>(xp, xsum, M, K, packed, scales, zeros, group_size, bias, y, ldy, n0, n1);
       break;
     case Isa::Avx2:
-      if (M >= kPanelMinM)
+      if (!int4_gemv_reads_xp(isa, M))
         gemv_panel_avx2(x, M, K, packed, scales, zeros, group_size, bias, y, ldy, n0, n1);
       else
         gemv_vector<false>(xp, xsum, M, K, packed, scales, zeros, group_size, bias, y, ldy, n0, n1);

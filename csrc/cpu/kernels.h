@@ -56,8 +56,12 @@ void int4_prepare_x(const float* x, int64_t M, int64_t K, int64_t group_size, fl
 // y[m*ldy + n] = sum_k x[m, k] * (q[n, k] - zeros[n, g]) * scales[n, g] + bias[n],
 // g = k / group_size; scales and zeros float32 [N, K/group_size]; zeros null means 8.
 // x in natural order, and xp / xsum from int4_prepare_x: AVX2 from kPanelMinM rows reads x
-// (float32 panels, int4_linear.cpp), every other path xp / xsum.
+// (float32 panels, int4_linear.cpp), every other path xp / xsum, which may be null where
+// int4_gemv_reads_xp says the path does not read them.
 constexpr int64_t kPanelMinM = 12;
+constexpr bool int4_gemv_reads_xp(Isa isa, int64_t M) {
+  return !(isa == Isa::Avx2 && M >= kPanelMinM);
+}
 void int4_gemv(Isa isa, const float* x, const float* xp, const float* xsum, int64_t M,
                int64_t K, const uint8_t* packed, const float* scales, const float* zeros,
                int64_t group_size, const float* bias, float* y, int64_t ldy, int64_t n0,

@@ -647,13 +647,16 @@ at::Tensor int4_linear_cpu(const at::Tensor& x, const at::Tensor& packed,
     });
   } else if (M <= gemv_max_m(vec, x, N, K, /*int4=*/true) && int4_gemv_supported(group_size)) {
     const at::Tensor xf = x2.to(at::kFloat).contiguous();
-    at::Tensor xp = at::empty({M, K}, xf.options());
-    at::Tensor xsum = at::empty({M, G}, xf.options());
-    int4_prepare_x(xf.const_data_ptr<float>(), M, K, group_size, xp.mutable_data_ptr<float>(),
-                   xsum.mutable_data_ptr<float>());
     const float* xfp = xf.const_data_ptr<float>();
-    const float* xpp = xp.const_data_ptr<float>();
-    const float* xsp = xsum.const_data_ptr<float>();
+    at::Tensor xp, xsum;  // the reordered x, for the paths that read it
+    if (int4_gemv_reads_xp(vec, M)) {
+      xp = at::empty({M, K}, xf.options());
+      xsum = at::empty({M, G}, xf.options());
+      int4_prepare_x(xfp, M, K, group_size, xp.mutable_data_ptr<float>(),
+                     xsum.mutable_data_ptr<float>());
+    }
+    const float* xpp = ptr_or_null<float>(xp);
+    const float* xsp = ptr_or_null<float>(xsum);
     parallel_cols(N, M * K, [&](int64_t n0, int64_t n1) {
       int4_gemv(vec, xfp, xpp, xsp, M, K, pp, sp, zp, group_size, bp, yp, N, n0, n1);
     });
