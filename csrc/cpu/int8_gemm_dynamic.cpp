@@ -123,8 +123,10 @@ int32_t dot_scalar(const int8_t* q, const int8_t* w, int64_t K) {
 }
 
 // ---------------------------------------------------------------- AVX-512 VNNI
-// out[i*kNR + j] = sum_k q[i, k] * w_j[k], exact.
-template <int MR>
+// out[i*kNR + j] = sum_k q[i, k] * w_j[k], exact. kPrefetch: the weight rows come from memory
+// (the first pass over them); later passes find them in L1, where the prefetches only take
+// load slots (4096^2 hot, M = 128 / 512: 80 -> 89% / 61 -> 74% of torch._int_mm without them).
+template <int MR, bool kPrefetch>
 MYQ_TARGET_AVX512 void block_vnni(const int8_t* q, int64_t ldq, const int32_t* qsum, int64_t K,
                                   const int8_t* const* wr, int32_t* out) {
   __m512i acc[MR][kNR];
@@ -137,7 +139,8 @@ MYQ_TARGET_AVX512 void block_vnni(const int8_t* q, int64_t ldq, const int32_t* q
     __m512i qv[MR];
     for (int i = 0; i < MR; ++i) qv[i] = _mm512_loadu_si512(q + i * ldq + k);
     for (int j = 0; j < kNR; ++j) {
-      _mm_prefetch(reinterpret_cast<const char*>(wr[j] + k) + ahead, _MM_HINT_T0);
+      if constexpr (kPrefetch)
+        _mm_prefetch(reinterpret_cast<const char*>(wr[j] + k) + ahead, _MM_HINT_T0);
       const __m512i wv = _mm512_xor_si512(_mm512_loadu_si512(wr[j] + k), flip);
       for (int i = 0; i < MR; ++i) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], wv, qv[i]);
     }
@@ -205,9 +208,11 @@ MYQ_TARGET_AVX2 void block_avx2(const int8_t* q, int64_t ldq, const int32_t* qsu
 
 template <int MR, Isa kIsa>
 void run_block(const int8_t* q, int64_t ldq, const int32_t* qsum, int64_t K,
-               const int8_t* const* wr, int32_t* out) {
-  if constexpr (kIsa == Isa::Avx512Vnni) block_vnni<MR>(q, ldq, qsum, K, wr, out);
-  else if constexpr (kIsa == Isa::Avx2) block_avx2<MR>(q, ldq, qsum, K, wr, out);
+               const int8_t* const* wr, bool first_pass, int32_t* out) {
+  if constexpr (kIsa == Isa::Avx512Vnni) {
+    if (first_pass) block_vnni<MR, true>(q, ldq, qsum, K, wr, out);
+    else block_vnni<MR, false>(q, ldq, qsum, K, wr, out);
+  } else if constexpr (kIsa == Isa::Avx2) block_avx2<MR>(q, ldq, qsum, K, wr, out);
   else
     for (int i = 0; i < MR; ++i)
       for (int j = 0; j < kNR; ++j) out[i * kNR + j] = dot_scalar(q + i * ldq, wr[j], K);
@@ -240,10 +245,10 @@ void gemm(const QuantX& x, int64_t K, const int8_t* w, const float* scale, const
       const int8_t* qm = x.q + r * x.ldq;
       const int32_t* qs = x.qsum + r;
       switch (xm * x.digits) {
-        case 1: run_block<1, kIsa>(qm, x.ldq, qs, K, wr, out); break;
-        case 2: run_block<2, kIsa>(qm, x.ldq, qs, K, wr, out); break;
-        case 3: if constexpr (kMaxMR >= 3) run_block<3, kIsa>(qm, x.ldq, qs, K, wr, out); break;
-        default: if constexpr (kMaxMR >= 4) run_block<4, kIsa>(qm, x.ldq, qs, K, wr, out); break;
+        case 1: run_block<1, kIsa>(qm, x.ldq, qs, K, wr, m == m0, out); break;
+        case 2: run_block<2, kIsa>(qm, x.ldq, qs, K, wr, m == m0, out); break;
+        case 3: if constexpr (kMaxMR >= 3) run_block<3, kIsa>(qm, x.ldq, qs, K, wr, m == m0, out); break;
+        default: if constexpr (kMaxMR >= 4) run_block<4, kIsa>(qm, x.ldq, qs, K, wr, m == m0, out); break;
       }
       // Same operation order as the reference: ((acc * row scale) * scale) + bias. This
       // is plain (non-FMA) code: baseline x86-64 has no FMA to contract into.
