@@ -27,7 +27,7 @@ LINEAR_SHAPES = [
     ((2, 2, 2), 64, 96),
     ((2,), 15, 128),   # int8_linear on AMX: x's int8 digits need N >= 16 (N = 15 | 16)
     ((2,), 16, 128),
-    ((32,), 20, 192),  # ... and with bfloat16 x, M <= 32 (M = 32 | 33)
+    ((32,), 20, 192),  # ... and with bfloat16 x, M <= 32; on AVX-512 VNNI from M = 33 (32 | 33)
     ((33,), 20, 192),
     ((8,), 300, 1024),
     ((9,), 65, 200),

@@ -42,12 +42,15 @@ def test_int8_linear_dynamic_is_close_to_float():
     assert (y - exact).norm() / exact.norm() < 0.02
 
 
+# Rows of x on both sides of the digit paths' switches: AMX from one row, AVX-512 VNNI
+# beyond 32 (float32 / float16 x).
+@pytest.mark.parametrize("rows", [6, 40])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_int8_linear_keeps_small_activations_next_to_outliers(backend, poisoned_outputs, dtype):
+def test_int8_linear_keeps_small_activations_next_to_outliers(backend, poisoned_outputs, dtype, rows):
     """Rows spanning 2^-20 .. 2^11 in magnitude, with the full int8 range (-128 included) in
-    the weights: the AMX path scales each row of x to 8 * digits - 2 bits of its max, so too
+    the weights: the digit paths scale each row of x to 8 * digits - 2 bits of its max, so too
     few digits would lose the small elements beyond the dtype's bound."""
-    x = (torch.randn(6, 256) * torch.exp2(torch.randint(-20, 4, (6, 256)).float())).to(dtype)
+    x = (torch.randn(rows, 256) * torch.exp2(torch.randint(-20, 4, (rows, 256)).float())).to(dtype)
     x[:, 7] = 2048.0
     weight = torch.randint(-128, 128, (48, 256), dtype=torch.int8)
     weight[:, :16] = -128
@@ -56,11 +59,12 @@ def test_int8_linear_keeps_small_activations_next_to_outliers(backend, poisoned_
     assert_linear_close(y, *int8_expected(x, weight, scale, None), dtype)
 
 
+@pytest.mark.parametrize("rows", [4, 40])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_int8_linear_propagates_inf_and_nan(backend, dtype):
+def test_int8_linear_propagates_inf_and_nan(backend, dtype, rows):
     """A row holding inf or NaN gives what the float product gives (the digit split of x
     cannot represent them, so such a call takes a float path)."""
-    x = torch.randn(4, 128).to(dtype)
+    x = torch.randn(rows, 128).to(dtype)
     x[1, 5] = float("inf")
     x[2, 9] = float("nan")
     weight, scale = int8_weight(32, 128)
@@ -74,10 +78,11 @@ def test_int8_linear_propagates_inf_and_nan(backend, dtype):
                         ((x.double().abs() @ weight.double().abs().T) * scale.double())[finite], dtype)
 
 
-def test_int8_linear_with_k_beyond_exact_int32_digit_sums(backend):
+@pytest.mark.parametrize("rows", [2, 33])
+def test_int8_linear_with_k_beyond_exact_int32_digit_sums(backend, rows):
     """K >= 2^17 would overflow the int32 digit sums: int8_linear takes a float path there."""
     k = 1 << 17
-    x = torch.randn(2, k)
+    x = torch.randn(rows, k)
     weight, scale = int8_weight(16, k)
     y = myq_kernels.int8_linear(x, weight, scale)
     assert_linear_close(y, *int8_expected(x, weight, scale, None), torch.float32)

@@ -143,16 +143,14 @@ void gemv_vector(const float* x, int64_t M, int64_t K, const int8_t* w, const fl
 }
 
 // ---------------------------------------------------------------- dequant
-template <typename T>
-void dequant_scalar(const int8_t* w, int64_t K, int64_t n0, int64_t n1, T* tile) {
+void dequant_scalar(const int8_t* w, int64_t K, int64_t n0, int64_t n1, float* tile) {
   const int8_t* src = w + n0 * K;
   const int64_t count = (n1 - n0) * K;
-  for (int64_t i = 0; i < count; ++i) tile[i] = static_cast<T>(static_cast<float>(src[i]));
+  for (int64_t i = 0; i < count; ++i) tile[i] = static_cast<float>(src[i]);
 }
 
-template <typename T>
 MYQ_TARGET_AVX512 void dequant_avx512(const int8_t* w, int64_t K, int64_t n0, int64_t n1,
-                                      T* tile) {
+                                      float* tile) {
   const int8_t* src = w + n0 * K;
   const int64_t count = (n1 - n0) * K;
   int64_t i = 0;
@@ -160,23 +158,14 @@ MYQ_TARGET_AVX512 void dequant_avx512(const int8_t* w, int64_t K, int64_t n0, in
     _mm_prefetch(reinterpret_cast<const char*>(src + i) + 2048, _MM_HINT_T0);
     __m512 f0, f1;
     load_i8x32_ps(src + i, &f0, &f1);
-    if constexpr (std::is_same_v<T, float>) {
-      _mm512_storeu_ps(tile + i, f0);
-      _mm512_storeu_ps(tile + i + 16, f1);
-    } else {
-      _mm512_storeu_si512(tile + i, exact_bf16_bits(f0, f1));
-    }
+    _mm512_storeu_ps(tile + i, f0);
+    _mm512_storeu_ps(tile + i + 16, f1);
   }
   for (; i < count; i += 16) {
     const __mmask16 mask =
         count - i >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (count - i)) - 1);
-    __m512i v = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, src + i));
-    if constexpr (std::is_same_v<T, float>) {
-      _mm512_mask_storeu_ps(tile + i, mask, _mm512_cvtepi32_ps(v));
-    } else {
-      __m512i bits = _mm512_srli_epi32(_mm512_castps_si512(_mm512_cvtepi32_ps(v)), 16);
-      _mm256_mask_storeu_epi16(tile + i, mask, _mm512_cvtepi32_epi16(bits));
-    }
+    const __m512i v = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, src + i));
+    _mm512_mask_storeu_ps(tile + i, mask, _mm512_cvtepi32_ps(v));
   }
 }
 
@@ -192,16 +181,11 @@ void int8_gemv(Isa isa, const float* x, int64_t M, int64_t K, const int8_t* w,
   }
 }
 
-template <typename T>
-void int8_dequant(Isa isa, const int8_t* w, int64_t K, int64_t n0, int64_t n1, T* tile) {
+void int8_dequant(Isa isa, const int8_t* w, int64_t K, int64_t n0, int64_t n1, float* tile) {
   // The AVX2 path relies on the compiler's auto-vectorised scalar loop (baseline SSE2):
   // the dequant is a small part of a large-M product.
-  if (isa == Isa::Avx512Vnni) dequant_avx512<T>(w, K, n0, n1, tile);
-  else dequant_scalar<T>(w, K, n0, n1, tile);
+  if (isa == Isa::Avx512Vnni) dequant_avx512(w, K, n0, n1, tile);
+  else dequant_scalar(w, K, n0, n1, tile);
 }
-
-template void int8_dequant<float>(Isa, const int8_t*, int64_t, int64_t, int64_t, float*);
-template void int8_dequant<c10::BFloat16>(Isa, const int8_t*, int64_t, int64_t, int64_t,
-                                          c10::BFloat16*);
 
 }  // namespace myq

@@ -40,9 +40,9 @@ void int8_gemv(Isa isa, const float* x, int64_t M, int64_t K, const int8_t* w,
                const float* scale, const float* bias, float* y, int64_t ldy, int64_t n0,
                int64_t n1);
 
-// Large M: tile[(n - n0)*K + k] = w[n*K + k] (exact: int8 values are exact in bf16 too).
-template <typename T>  // float or c10::BFloat16
-void int8_dequant(Isa isa, const int8_t* w, int64_t K, int64_t n0, int64_t n1, T* tile);
+// Large M: tile[(n - n0)*K + k] = w[n*K + k]. Float32 only: torch's bfloat16 GEMM rounds its
+// product to bfloat16, and the column scale after it would round a second time.
+void int8_dequant(Isa isa, const int8_t* w, int64_t K, int64_t n0, int64_t n1, float* tile);
 
 // ---- W4A16 (int4_linear.cpp) ---------------------------------------------------------
 // The small-M kernel reads activations reordered in chunks of 32: chunk c holds

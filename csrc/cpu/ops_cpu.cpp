@@ -5,16 +5,17 @@
 // Strategy per op, by the number of activation rows M = x.numel() / K:
 //   int8_linear, int4_linear  M <= gemv_max_m (32; 64-128 on AVX2): stream the weights once
 //                             (gemv kernels), threads split the output columns N.
-//                             Larger M: dequantize the weights into float32 (bfloat16
-//                             when x is bfloat16 and the CPU has bfloat16 hardware, see
-//                             bf16_tiles) for MKL / oneDNN (tiled_mm): whole, in one threaded
-//                             product, up to 4 MiB; else kTileN-row tiles per thread.
+//                             Larger M: dequantize the weights into float32 (int4 only:
+//                             bfloat16 when x is bfloat16 and the CPU has bfloat16 hardware,
+//                             see bf16_tiles) for MKL / oneDNN (tiled_mm): whole, in one
+//                             threaded product, up to 4 MiB; else kTileN-row tiles per thread.
 //   on AMX, K % 32 == 0       M >= kAmxMinM: AMX-BF16 tiles, weights converted to bf16 per
 //                             thread 32 rows at a time (amx_bf16_linear.cpp); float32 /
 //                             float16 x as 3 / 2 bf16 planes, still float32-accurate.
 //   int8_linear on AMX,       before all of the above: x split into 3-4 int8 digits per row
 //   K % 64 == 0, N >= 16      (x_digits.cpp) and multiplied on AMX-INT8 like W8A8, so the
-//                             weights are never widened (bfloat16 x: M <= 32 only).
+//                             weights are never widened (bfloat16 x: M <= 32 only); on
+//                             AVX-512 VNNI without AMX the same from M = 33, on the VNNI kernel.
 //   int4_linear on AMX,       likewise from M = 5 with float32 x (float16 x: M = 5..32) and
 //   group_size % 64 == 0      integer zero points, on exact int8 q - zero tiles
 //                             (int4_linear_amx.cpp).
@@ -85,7 +86,12 @@ constexpr int64_t kAmxTileN = 64;
 // Measured against the AMX-BF16 path (4096 x 4096, cold weights): 1.2-1.8x faster for M <= 32
 // with any x, 1.3-2x for every M with float32 / float16 x; slower from M = 64 with bfloat16 x
 // (3 int8 digit products cost more than one bf16 product there). Without AMX the VNNI
-// kernel takes 4 dot products per row of x and loses to the float GEMV from M = 2.
+// kernel takes 3-4 dot products per row of x: behind the float GEMV up to M = 32 (4096^2
+// hot, Zen 5: M = 32 3.1 ms against 3.4 at M = 33), ahead of MKL's float32 GEMM beyond
+// (M = 128 / 512: 13-15 / 53-55 ms against 27-31 / 95-97). bfloat16 x takes it there too:
+// torch's bfloat16 GEMM rounds its product to bfloat16 and the scale after it rounds again,
+// up to 2^-7 of |x| @ |W|^T against the 2^-8 of one rounding; this costs 2x against that
+// GEMM (M = 128: 12.7 ms against 6.0 for F.linear bf16).
 constexpr int64_t kDigitsMaxK = (int64_t(1) << 17) - 1;
 constexpr int64_t kDigitsMaxMBFloat16 = 32;
 constexpr int64_t kInt4DigitsMinM = 5;
@@ -220,7 +226,7 @@ constexpr int64_t kWholeWeightBytes = int64_t(4) << 20;
 
 // Rows of x up to which int8_linear / int4_linear stream the weights (gemv).
 int64_t gemv_max_m(Isa vec, const at::Tensor& x, int64_t N, int64_t K, bool int4) {
-  if (bf16_tiles(x)) return kSmallMBFloat16;
+  if (int4 && bf16_tiles(x)) return kSmallMBFloat16;
   if (vec != Isa::Avx2) return kSmallM;
   const bool whole = N * K * static_cast<int64_t>(sizeof(float)) <= kWholeWeightBytes;
   return int4 || whole ? kSmallMAvx2 : kSmallMAvx2Int8Tiles;
@@ -466,8 +472,11 @@ std::optional<DigitX> split_x(const at::Tensor& x2, bool int4_order) {
 }
 
 bool use_digits(Isa isa, const at::Tensor& x, int64_t M, int64_t K, int64_t N) {
-  return isa == Isa::Avx512Amx && K > 0 && K % kAmxK == 0 && K <= kDigitsMaxK &&
-         N >= kAmxTile && (x.scalar_type() != at::kBFloat16 || M <= kDigitsMaxMBFloat16);
+  if (K <= 0 || K > kDigitsMaxK) return false;
+  const bool bf16 = x.scalar_type() == at::kBFloat16;
+  if (isa == Isa::Avx512Amx)
+    return K % kAmxK == 0 && N >= kAmxTile && (!bf16 || M <= kDigitsMaxMBFloat16);
+  return isa == Isa::Avx512Vnni && M > kSmallM;
 }
 
 // int4_linear on AMX-INT8 with x's digits (int4_linear_amx.cpp), for whole 64-wide k-steps
@@ -514,7 +523,7 @@ void w8a8_float_gemm(Isa vec, const int8_t* q, int64_t ldq, const float* rs, int
       for (int64_t k = 0; k < K; ++k) xqp[m * K + k] = static_cast<float>(q[m * ldq + k]);
   });
   tiled_mm<float>(xq, N, [&](int64_t n0, int64_t n1, float* tile) {
-    int8_dequant<float>(vec, w, K, n0, n1, tile);
+    int8_dequant(vec, w, K, n0, n1, tile);
   }, /*colscale=*/nullptr, /*bias=*/nullptr, y);
   // The int8 kernel's epilogue order: ((sum * row scale) * scale) + bias.
   scale_rows(y, M, N, rs, scale, bias, y);
@@ -549,13 +558,9 @@ at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& weight,
     parallel_cols(N, M * K, [&](int64_t n0, int64_t n1) {
       int8_gemv(vec, xp, M, K, wp, sp, bp, yp, N, n0, n1);
     });
-  } else if (bf16_tiles(x)) {
-    tiled_mm<c10::BFloat16>(x2.contiguous(), N, [&](int64_t n0, int64_t n1, c10::BFloat16* tile) {
-      int8_dequant<c10::BFloat16>(vec, wp, K, n0, n1, tile);
-    }, sp, bp, yp);
   } else {
     tiled_mm<float>(x2.to(at::kFloat).contiguous(), N, [&](int64_t n0, int64_t n1, float* tile) {
-      int8_dequant<float>(vec, wp, K, n0, n1, tile);
+      int8_dequant(vec, wp, K, n0, n1, tile);
     }, sp, bp, yp);
   }
   return finish(y, x, N);
