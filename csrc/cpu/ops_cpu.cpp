@@ -54,9 +54,10 @@ namespace {
 constexpr int64_t kSmallM = 32;
 constexpr int64_t kSmallMBFloat16 = 12;
 
-// bfloat16 x meets bfloat16 weight tiles in the large-M path only where torch's bfloat16 GEMM
-// is fast (AVX512-BF16 / AMX in oneDNN). Elsewhere torch multiplies bfloat16 in scalar code:
-// on an AVX2-only Zen 3, 13 GFLOP/s against 111 for float32, so x goes to float32 tiles there.
+// bfloat16 x meets bfloat16 weight tiles (int4 only: see int8_dequant) in the large-M path
+// only where torch's bfloat16 GEMM is fast (AVX512-BF16 / AMX in oneDNN). Elsewhere torch
+// multiplies bfloat16 in scalar code: on an AVX2-only Zen 3, 13 GFLOP/s against 111 for
+// float32, so x goes to float32 tiles there.
 bool bf16_tiles(const at::Tensor& x) {
   return x.scalar_type() == at::kBFloat16 && cpu_has_bf16_gemm();
 }
