@@ -6,24 +6,21 @@ the quick check behind the kernel changes in RESULTS.md, where the full report i
 
 int8_linear_dynamic is compared with torch._int_mm on int8 inputs (the GEMM alone, no
 quantization), int8_linear with F.linear on the dequantized weight in each activation dtype.
-Times are the mean over --seconds of back-to-back calls, taken in turns per row of x.
+Ours and its baseline are timed in turns (median per call, as `myq bench` times them).
 """
 import argparse
-import time
 
 import torch
 import torch.nn.functional as F
 
 import myq_kernels
+from myq_kernels.bench import _time_together
 
 
-def mean_seconds(fn, seconds):
-    fn()
-    start, calls = time.perf_counter(), 0
-    while time.perf_counter() - start < seconds:
-        fn()
-        calls += 1
-    return (time.perf_counter() - start) / calls
+def in_turns(ours, base, seconds):
+    """(ours, baseline) median seconds per call, the two timed in turns on one weight."""
+    times = _time_together({"ours": (ours, [()]), "base": (base, [()])}, seconds)
+    return times["ours"], times["base"]
 
 
 def main():
@@ -41,19 +38,18 @@ def main():
     for m in args.m:
         x = torch.randn(m, k)
         cells = [f"M={m}"]
-        if args.op == "int8_linear_dynamic":
-            xq = torch.randint(-127, 128, (m, k), dtype=torch.int8)
-            base = mean_seconds(lambda: torch._int_mm(xq, weight.T), args.seconds)
-            cells.append(f"torch._int_mm {base * 1e3:.2f} ms ({2 * m * n * k / base / 1e9:.0f} GOP/s)")
+        xq = torch.randint(-127, 128, (m, k), dtype=torch.int8)
         for dtype in (torch.float32, torch.float16, torch.bfloat16):
             xd = x.to(dtype)
             if args.op == "int8_linear_dynamic":
-                ours = mean_seconds(lambda: myq_kernels.int8_linear_dynamic(xd, weight, scale), args.seconds)
-                cells.append(f"{dtype}: ours {ours * 1e3:.2f} ms ({base / ours:.0%} of _int_mm's speed)")
+                ours, base = in_turns(lambda: myq_kernels.int8_linear_dynamic(xd, weight, scale),
+                                      lambda: torch._int_mm(xq, weight.T), args.seconds)
+                cells.append(f"{dtype}: ours {ours * 1e3:.2f} ms, torch._int_mm {base * 1e3:.2f} ms "
+                             f"({base / ours:.0%} of its speed)")
             else:
                 wd = dequantized.to(dtype)
-                base = mean_seconds(lambda: F.linear(xd, wd), args.seconds)
-                ours = mean_seconds(lambda: myq_kernels.int8_linear(xd, weight, scale), args.seconds)
+                ours, base = in_turns(lambda: myq_kernels.int8_linear(xd, weight, scale),
+                                      lambda: F.linear(xd, wd), args.seconds)
                 cells.append(f"{dtype}: F.linear {base * 1e3:.2f} ms, ours {ours * 1e3:.2f} ms ({base / ours:.2f}x)")
         print("; ".join(cells), flush=True)
 
