@@ -3,9 +3,11 @@ the quick check behind the kernel changes in RESULTS.md, where the full report i
 
     python benchmarks/op_loop.py int8_linear_dynamic 128 512
     python benchmarks/op_loop.py int8_linear 33 128 --n 4096 --k 4096
+    python benchmarks/op_loop.py int4_linear 128 --group 128
 
 int8_linear_dynamic is compared with torch._int_mm on int8 inputs (the GEMM alone, no
-quantization), int8_linear with F.linear on the dequantized weight in each activation dtype.
+quantization), int8_linear and int4_linear (symmetric, group-wise scales) with F.linear on
+the dequantized weight in each activation dtype.
 Ours and its baseline are timed in turns (median per call, as `myq bench` times them).
 """
 import argparse
@@ -25,16 +27,25 @@ def in_turns(ours, base, seconds):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("op", choices=["int8_linear", "int8_linear_dynamic"])
+    parser.add_argument("op", choices=["int8_linear", "int8_linear_dynamic", "int4_linear"])
     parser.add_argument("m", type=int, nargs="+", help="rows of x")
     parser.add_argument("--n", type=int, default=4096)
     parser.add_argument("--k", type=int, default=4096)
+    parser.add_argument("--group", type=int, default=128, help="int4_linear's group size")
     parser.add_argument("--seconds", type=float, default=1.0)
     args = parser.parse_args()
     n, k = args.n, args.k
-    weight = torch.randint(-127, 128, (n, k), dtype=torch.int8)
-    scale = torch.rand(n) / 100
-    dequantized = weight.float() * scale[:, None]
+    if args.op == "int4_linear":
+        codes = torch.randint(0, 16, (n, k), dtype=torch.uint8)
+        packed = myq_kernels.pack_int4(codes)
+        scales = torch.rand(n, k // args.group) / 10
+        dequantized = (codes.float() - 8) * scales.repeat_interleave(args.group, dim=1)
+        run = lambda xd: myq_kernels.int4_linear(xd, packed, scales, None, args.group)
+    else:
+        weight = torch.randint(-127, 128, (n, k), dtype=torch.int8)
+        scale = torch.rand(n) / 100
+        dequantized = weight.float() * scale[:, None]
+        run = lambda xd: myq_kernels.int8_linear(xd, weight, scale)
     for m in args.m:
         x = torch.randn(m, k)
         cells = [f"M={m}"]
@@ -48,8 +59,7 @@ def main():
                              f"({base / ours:.0%} of its speed)")
             else:
                 wd = dequantized.to(dtype)
-                ours, base = in_turns(lambda: myq_kernels.int8_linear(xd, weight, scale),
-                                      lambda: F.linear(xd, wd), args.seconds)
+                ours, base = in_turns(lambda: run(xd), lambda: F.linear(xd, wd), args.seconds)
                 cells.append(f"{dtype}: F.linear {base * 1e3:.2f} ms, ours {ours * 1e3:.2f} ms ({base / ours:.2f}x)")
         print("; ".join(cells), flush=True)
 

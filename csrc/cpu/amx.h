@@ -1,4 +1,4 @@
-// Intel AMX helpers shared by the AMX kernels (int8_gemm_dynamic.cpp, amx_bf16_linear.cpp).
+// Intel AMX helpers shared by the AMX kernels (int8_gemm_dynamic.cpp, bf16_linear.cpp).
 // Tile state is per thread: each worker configures the tiles (amx_begin) before its first
 // tile instruction and releases them (amx_end) when done.
 #pragma once

@@ -19,8 +19,10 @@ inline Isa vector_isa(Isa isa) { return isa == Isa::Avx512Amx ? Isa::Avx512Vnni 
 // The path every kernel takes in this process (computed once, thread-safe).
 Isa cpu_isa();
 const char* isa_name(Isa isa);
-// Whether torch's bfloat16 matrix product runs on bfloat16 hardware (AVX512-BF16 or AMX-BF16),
-// whatever MYQ_CPU_ISA says: it chooses between bfloat16 and float32 tiles for at::mm.
+// Whether the CPU has AVX512-BF16 (every AMX-BF16 CPU has it too), whatever MYQ_CPU_ISA says:
+// torch's bfloat16 matrix product then runs on bfloat16 hardware, which chooses between
+// bfloat16 and float32 tiles for at::mm; with isa avx512_vnni it also enables our own
+// bfloat16 dot-product kernel (bf16_linear.cpp).
 bool cpu_has_bf16_gemm();
 
 }  // namespace myq
@@ -29,6 +31,10 @@ bool cpu_has_bf16_gemm();
 // carry the same attribute (GCC refuses to inline across target mismatches).
 #define MYQ_TARGET_AVX512 \
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,bmi,bmi2")))
+// AVX512-BF16 (vdpbf16ps): Intel Cooper Lake and later, AMD Zen 4 and later.
+#define MYQ_TARGET_AVX512_BF16                                                            \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512bf16,avx2,fma,f16c," \
+                        "bmi,bmi2")))
 #define MYQ_TARGET_AMX                                                                    \
   __attribute__((target("amx-tile,amx-int8,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni," \
                         "avx2,fma,f16c,bmi,bmi2")))

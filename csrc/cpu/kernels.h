@@ -142,29 +142,36 @@ void int4_linear_amx_int8(const int8_t* qp, const QuantX& x, int64_t K, const ui
                           const float* bias, float* y, int64_t ldy, int64_t M, int64_t N,
                           int64_t m0, int64_t m1, int64_t n0, int64_t n1);
 
-// ---- W8A16 / W4A16 on AMX-BF16 (amx_bf16_linear.cpp) ---------------------------------
-// x is packed once (amx_pack_rows with row_bytes = 2K) into B tiles; each thread converts
-// 32 weight rows at a time to bfloat16 A tiles (int8: exact; int4 with bfloat16 x:
+// ---- W8A16 / W4A16 on bfloat16 dot products (bf16_linear.cpp) -------------------------
+// isa avx512_amx: AMX-BF16 tiles; avx512_vnni (on a CPU with AVX512-BF16): vdpbf16ps.
+// x is packed once (amx_pack_rows with row_bytes = 2K, 16-row blocks); each thread converts
+// 32 weight rows at a time to bfloat16 (int8: exact; int4 with bfloat16 x:
 // (q - zero) * scale rounded to bfloat16, as in int4_dequant; int4 with float x: q - zero,
-// exact, each group's sum scaled in float32) and TDPBF16PS accumulates exact products in
-// float32. y[m*ldy + n] for m in [m0, m1) (m0 a multiple of 16), n in [n0, n1) (n0 a
+// exact, each group's sum scaled in float32) and the dot products accumulate exact products
+// in float32. y[m*ldy + n] for m in [m0, m1) (m0 a multiple of 16), n in [n0, n1) (n0 a
 // multiple of 32): int8: acc * scale[n] + bias[n]; int4: acc + bias[n].
-// x may come as several bfloat16 planes whose sum is x (float32 x = 3 planes, float16 x =
-// 2, exactly up to 2^-27 |x|): every plane meets the same converted weights, so float x
-// costs extra tile products but no extra weight conversion.
-constexpr int64_t kAmxBf16K = 32;  // K per tile step: K % 32 == 0, int4 group_size % 32 == 0
+// x may come as several bfloat16 planes whose sum is x exactly (float32 x = 3 planes, float16
+// x = 2): every plane meets the same converted weights, so float x costs extra products but
+// no extra weight conversion.
+constexpr int64_t kAmxBf16K = 32;  // K per step: K % 32 == 0, int4 group_size % 32 == 0
 struct XPlanes {
   const c10::BFloat16* data;  // plane p of the packed x at data + p * stride
   int64_t stride;             // bfloat16 elements
   int count;
 };
-void int8_linear_amx_bf16(const XPlanes& x, int64_t K, const int8_t* w,
-                          const float* scale, const float* bias, float* y, int64_t ldy,
-                          int64_t M, int64_t N, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
-void int4_linear_amx_bf16(const XPlanes& x, int64_t K, const uint8_t* packed,
-                          const float* scales, const float* zeros, int64_t group_size,
-                          const float* bias, float* y, int64_t ldy, int64_t M, int64_t N,
-                          int64_t m0, int64_t m1, int64_t n0, int64_t n1);
+// The planes of float32 (3) or float16 (2) x [rows_total, K], each packed as amx_pack_rows
+// packs bfloat16 x, for the 16-row blocks [b0, b1): plane p at dst + p * plane_stride.
+// inf and NaN stay in the first plane (the rest 0 there), so they reach y as in a float product.
+template <typename T>  // float or c10::Half
+void pack_x_planes(const T* x, int64_t K, int64_t rows_total, c10::BFloat16* dst,
+                   int64_t plane_stride, int64_t b0, int64_t b1);
+void int8_linear_bf16(Isa isa, const XPlanes& x, int64_t K, const int8_t* w, const float* scale,
+                      const float* bias, float* y, int64_t ldy, int64_t M, int64_t N, int64_t m0,
+                      int64_t m1, int64_t n0, int64_t n1);
+void int4_linear_bf16(Isa isa, const XPlanes& x, int64_t K, const uint8_t* packed,
+                      const float* scales, const float* zeros, int64_t group_size,
+                      const float* bias, float* y, int64_t ldy, int64_t M, int64_t N, int64_t m0,
+                      int64_t m1, int64_t n0, int64_t n1);
 
 // ---- int4 packing (int4_pack.cpp) ----------------------------------------------------
 // out[i] = q[2i] | (q[2i+1] << 4) (mod 256), i < n_out.

@@ -330,39 +330,27 @@ void tiled_mm(const at::Tensor& x, int64_t N, const Dequant& dequant, const floa
   });
 }
 
-// bfloat16 planes whose sum is x (see XPlanes): x itself when bfloat16; float16 x needs two,
-// float32 three. rest - plane is exact in float32, so each plane holds the next 8 bits.
-std::vector<at::Tensor> bf16_planes(const at::Tensor& x2) {
-  if (x2.scalar_type() == at::kBFloat16) return {x2.contiguous()};
-  const int count = x2.scalar_type() == at::kHalf ? 2 : 3;
-  at::Tensor rest = x2.to(at::kFloat);
-  std::vector<at::Tensor> planes;
-  for (int p = 0; p < count; ++p) {
-    planes.push_back(rest.to(at::kBFloat16).contiguous());
-    if (p + 1 < count) rest = rest - planes.back().to(at::kFloat);
-  }
-  return planes;
-}
-
-// AMX-BF16 path: packs the planes of x into B tiles, then fn(planes, m0, m1, n0, n1) over a
-// grid of (kAmxTileN columns, kTileM rows) tasks.
+// The bfloat16 kernels' set-up: packs the planes of x into B tiles, then fn(planes, m0, m1, n0,
+// n1) over a grid of (kAmxTileN columns, kTileM rows) tasks.
 template <typename Fn>
-void amx_bf16_grid(const at::Tensor& x2, int64_t N, const Fn& fn) {
+void bf16_grid(const at::Tensor& x2, int64_t N, const Fn& fn) {
   const int64_t M = x2.size(0), K = x2.size(1);
-  const std::vector<at::Tensor> planes = bf16_planes(x2);
-  const int64_t count = static_cast<int64_t>(planes.size());
+  const at::Tensor xc = x2.contiguous();
+  const int count = x2.scalar_type() == at::kBFloat16 ? 1 : x2.scalar_type() == at::kHalf ? 2 : 3;
   const int64_t mtiles = (M + kAmxTile - 1) / kAmxTile;
   at::Tensor xp = at::empty({count, mtiles * kAmxTile, K}, x2.options().dtype(at::kBFloat16));
   const int64_t plane_stride = mtiles * kAmxTile * K;
   c10::BFloat16* packed = xp.mutable_data_ptr<c10::BFloat16>();
-  at::parallel_for(0, count * mtiles, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t p = b / mtiles, block = b % mtiles;
-      amx_pack_rows(planes[p].const_data_ptr(), 2 * K, 2 * K, M, packed + p * plane_stride, block,
-                    block + 1);
+  at::parallel_for(0, mtiles, 1, [&](int64_t b0, int64_t b1) {
+    switch (xc.scalar_type()) {
+      case at::kBFloat16: amx_pack_rows(xc.const_data_ptr(), 2 * K, 2 * K, M, packed, b0, b1); break;
+      case at::kHalf:
+        pack_x_planes(xc.const_data_ptr<c10::Half>(), K, M, packed, plane_stride, b0, b1);
+        break;
+      default: pack_x_planes(xc.const_data_ptr<float>(), K, M, packed, plane_stride, b0, b1); break;
     }
   });
-  const XPlanes x{packed, plane_stride, static_cast<int>(count)};
+  const XPlanes x{packed, plane_stride, count};
   parallel_tiles(M, N, kTileM, kAmxTileN, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
     fn(x, m0, m1, n0, n1);
   });
@@ -386,11 +374,15 @@ std::pair<at::Tensor, at::Tensor> check_int8_args(const at::Tensor& x, const at:
   return {float_param(scale, {N}, op, "scale"), float_param(bias, {N}, op, "bias")};
 }
 
-// float_x: float32 / float16 x, split into bfloat16 planes, keep float32 accuracy (int8 weights
-// are exact in bfloat16; int4 then takes exact q - zero tiles with the group scales in float32).
-bool use_amx_bf16(Isa isa, const at::Tensor& x, int64_t M, int64_t K, int64_t min_m, bool float_x) {
-  return isa == Isa::Avx512Amx && (float_x || x.scalar_type() == at::kBFloat16) && M >= min_m &&
-         K % kAmxBf16K == 0;
+// The bfloat16 dot-product kernels (bf16_linear.cpp) for M rows of x: AMX-BF16 from amx_min_m
+// rows, any float x (float32 / float16 x split into bfloat16 planes keeps float32 accuracy:
+// int8 weights are exact in bfloat16, int4 then takes exact q - zero with the group scales in
+// float32); AVX512-BF16 (avx512_vnni on a CPU that has it) where dots(x) says.
+template <typename Dots>
+bool use_bf16_kernel(Isa isa, int64_t K, int64_t M, int64_t amx_min_m, const Dots& dots) {
+  if (K % kAmxBf16K != 0) return false;
+  if (isa == Isa::Avx512Amx) return M >= amx_min_m;
+  return isa == Isa::Avx512Vnni && cpu_has_bf16_gemm() && dots();
 }
 
 // x's int8 form (q rows of QuantX) re-laid out as AMX B tiles: amx_pack_rows over whole
@@ -477,7 +469,7 @@ bool use_digits(Isa isa, const at::Tensor& x, int64_t M, int64_t K, int64_t N) {
   const bool bf16 = x.scalar_type() == at::kBFloat16;
   if (isa == Isa::Avx512Amx)
     return K % kAmxK == 0 && N >= kAmxTile && (!bf16 || M <= kDigitsMaxMBFloat16);
-  return isa == Isa::Avx512Vnni && M > kSmallM;
+  return isa == Isa::Avx512Vnni && M > kSmallM && !(bf16 && cpu_has_bf16_gemm());
 }
 
 // int4_linear on AMX-INT8 with x's digits (int4_linear_amx.cpp), for whole 64-wide k-steps
@@ -549,9 +541,9 @@ at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& weight,
       use_digits(isa, x, M, K, N) ? split_x(x2, /*int4_order=*/false) : std::nullopt;
   if (digits) {
     int8_product(isa, digits->view, M, K, N, /*amx_min_m=*/1, wp, sp, bp, yp);
-  } else if (use_amx_bf16(isa, x, M, K, kAmxMinM, /*float_x=*/true)) {
-    amx_bf16_grid(x2, N, [&](const XPlanes& xp, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-      int8_linear_amx_bf16(xp, K, wp, sp, bp, yp, N, M, N, m0, m1, n0, n1);
+  } else if (use_bf16_kernel(isa, K, M, kAmxMinM, [&] { return M > kSmallM; })) {
+    bf16_grid(x2, N, [&](const XPlanes& xp, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+      int8_linear_bf16(isa, xp, K, wp, sp, bp, yp, N, M, N, m0, m1, n0, n1);
     });
   } else if (M <= gemv_max_m(vec, x, N, K, /*int4=*/false)) {
     const at::Tensor xf = x2.to(at::kFloat).contiguous();
@@ -647,9 +639,11 @@ at::Tensor int4_linear_cpu(const at::Tensor& x, const at::Tensor& packed,
       int4_linear_amx_int8(qpp, digits->view, K, pp, sp, zp8, group_size, bp, yp, N, M, N, m0, m1,
                            n0, n1);
     });
-  } else if (use_amx_bf16(isa, x, M, K, amx_min_m, /*float_x=*/true) && group_size % kAmxBf16K == 0) {
-    amx_bf16_grid(x2, N, [&](const XPlanes& xp, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-      int4_linear_amx_bf16(xp, K, pp, sp, zp, group_size, bp, yp, N, M, N, m0, m1, n0, n1);
+  } else if (group_size % kAmxBf16K == 0 &&
+             use_bf16_kernel(isa, K, M, amx_min_m,
+                             [&] { return M > gemv_max_m(vec, x, N, K, /*int4=*/true); })) {
+    bf16_grid(x2, N, [&](const XPlanes& xp, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+      int4_linear_bf16(isa, xp, K, pp, sp, zp, group_size, bp, yp, N, M, N, m0, m1, n0, n1);
     });
   } else if (M <= gemv_max_m(vec, x, N, K, /*int4=*/true) && int4_gemv_supported(group_size)) {
     const at::Tensor xf = x2.to(at::kFloat).contiguous();
