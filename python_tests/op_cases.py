@@ -48,7 +48,8 @@ INT4_SHAPES = [
     ((2, 3), 17, 256, 64),
     ((8,), 48, 256, 32),      # AMX from M = 8 with bfloat16 x, 12 with float x (M = 11 | 12)
     ((11,), 48, 256, 32),     # ... and AVX2's float32 panels from M = 12 (kPanelMinM)
-    ((12,), 48, 256, 32),     # float x on AMX: one k-step per group
+    ((12,), 48, 256, 32),     # float x on AMX: one k-step per group; bfloat16 x on
+    ((13,), 48, 256, 32),     # AVX512-BF16 without AMX from M = 13 (M = 12 | 13)
     ((16,), 40, 1024, 512),   # a group spanning the AMX kernel's 256-wide K chunks
     ((5,), 33, 100, 100),
     ((4,), 48, 256, 64),      # AMX-INT8 digits from M = 5 with float32 / float16 x (M = 4 | 5)
