@@ -3,15 +3,18 @@
 // torch.set_num_threads). The arithmetic lives in the kernel files (see kernels.h).
 //
 // Strategy per op, by the number of activation rows M = x.numel() / K:
-//   int8_linear, int4_linear  M <= gemv_max_m (32; 64-128 on AVX2): stream the weights once
-//                             (gemv kernels), threads split the output columns N.
+//   int8_linear, int4_linear  M <= gemv_max_m (32; 64-128 on AVX2; int4 with float32 x on
+//                             AVX-512: every M): stream the weights (gemv kernels), threads
+//                             split the output columns N.
 //                             Larger M: dequantize the weights into float32 (int4 only:
 //                             bfloat16 when x is bfloat16 and the CPU has bfloat16 hardware,
 //                             see bf16_tiles) for MKL / oneDNN (tiled_mm): whole, in one
 //                             threaded product, up to 4 MiB; else kTileN-row tiles per thread.
 //   on AMX, K % 32 == 0       M >= kAmxMinM: AMX-BF16 tiles, weights converted to bf16 per
-//                             thread 32 rows at a time (amx_bf16_linear.cpp); float32 /
+//                             thread 32 rows at a time (bf16_linear.cpp); float32 /
 //                             float16 x as 3 / 2 bf16 planes, still float32-accurate.
+//   AVX512-BF16 without AMX   the same product on vdpbf16ps beyond the gemv: bfloat16 x (int8
+//                             and int4), float16 x (int4); the digits below come first.
 //   int8_linear on AMX,       before all of the above: x split into 3-4 int8 digits per row
 //   K % 64 == 0, N >= 16      (x_digits.cpp) and multiplied on AMX-INT8 like W8A8, so the
 //                             weights are never widened (bfloat16 x: M <= 32 only); on
@@ -96,10 +99,11 @@ constexpr int64_t kAmxTileN = 64;
 // (3 int8 digit products cost more than one bf16 product there). Without AMX the VNNI
 // kernel takes 3-4 dot products per row of x: behind the float GEMV up to M = 32 (4096^2
 // hot, Zen 5: M = 32 3.1 ms against 3.4 at M = 33), ahead of MKL's float32 GEMM beyond
-// (M = 128 / 512: 13-15 / 53-55 ms against 27-31 / 95-97). bfloat16 x takes it there too:
-// torch's bfloat16 GEMM rounds its product to bfloat16 and the scale after it rounds again,
-// up to 2^-7 of |x| @ |W|^T against the 2^-8 of one rounding; this costs 2x against that
-// GEMM (M = 128: 12.7 ms against 6.0 for F.linear bf16).
+// (M = 128 / 512: 13-15 / 53-55 ms against 27-31 / 95-97). bfloat16 x takes it only where
+// there is no AVX512-BF16 (torch's bfloat16 GEMM rounds its product to bfloat16 and the
+// scale after it rounds again, up to 2^-7 of |x| @ |W|^T against the 2^-8 of one rounding);
+// with it, our vdpbf16ps kernel (exact products, float32 sums): Zen 5, 4096^2 hot, M = 128:
+// 6.0 ms against 12.7 for the digits and 6.5 for F.linear bf16.
 constexpr int64_t kDigitsMaxK = (int64_t(1) << 17) - 1;
 constexpr int64_t kDigitsMaxMBFloat16 = 32;
 constexpr int64_t kInt4DigitsMinM = 5;
