@@ -27,20 +27,12 @@ namespace {
 constexpr int64_t kPair = kAmxRowPair;  // weight rows converted per step
 constexpr int kTileElems = 16 * 32;      // bf16 elements in one 16 x 32 tile
 
-// float -> bfloat16 bits, round to nearest even (finite values), 16 lanes.
-MYQ_TARGET_AVX512 inline __m256i bf16_bits(__m512 f) {
-  __m512i bits = _mm512_castps_si512(f);
-  __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-  bits = _mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF)));
-  return _mm512_cvtepi32_epi16(_mm512_srli_epi32(bits, 16));
-}
-
 // Converters: a[rr * lda + (k - k0)] = bf16 weight [n0 + rr, k] for rr < 32, k in [k0, k1)
 // (multiples of 32); rows >= N are zero. for_each_row calls fill(n, dst) for the rows below
 // N, with dst[k] the A-buffer element of column k.
 template <typename Fill>
 MYQ_TARGET_AVX512 void for_each_row(int64_t n0, int64_t N, int64_t k0, int64_t k1, uint16_t* a,
-                                 int64_t lda, const Fill& fill) {
+                                    int64_t lda, const Fill& fill) {
   for (int64_t rr = 0; rr < kPair; ++rr) {
     uint16_t* dst = a + rr * lda - k0;
     if (n0 + rr < N) fill(n0 + rr, dst);
@@ -87,7 +79,7 @@ struct Int4Rows {
         const float z = zeros ? zeros[n * G + g] : 8.f;
         const __m512 q = _mm512_sub_ps(iota, _mm512_set1_ps(z));
         const __m512 tab = scales ? _mm512_mul_ps(q, _mm512_set1_ps(scales[n * G + g])) : q;
-        const __m256i t16 = bf16_bits(tab);
+        const __m256i t16 = bf16_round_bits(tab);
         const __m512i wtab = _mm512_inserti64x4(_mm512_castsi256_si512(t16), t16, 1);
         const int64_t ke = std::min(k1, (g + 1) * gs);
         for (int64_t k = std::max(k0, g * gs); k < ke; k += kAmxBf16K) {

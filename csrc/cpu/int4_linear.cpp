@@ -340,14 +340,6 @@ void gemv_panel_avx2(const float* x, int64_t M, int64_t K, const uint8_t* packed
   }
 }
 
-// float -> bfloat16, round to nearest even (finite inputs), 16 lanes.
-MYQ_TARGET_AVX512 inline __m256i to_bf16_avx512(__m512 f) {
-  __m512i bits = _mm512_castps_si512(f);
-  __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-  bits = _mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF)));
-  return _mm512_cvtepi32_epi16(_mm512_srli_epi32(bits, 16));
-}
-
 // Dequantized weights of one group, natural order, via the same per-group table as the
 // gemv (values bit-identical to the reference; bf16 rounds them to nearest even).
 template <typename T>
@@ -389,7 +381,7 @@ MYQ_TARGET_AVX512 void dequant_avx512(const uint8_t* packed, const float* scales
           _mm512_mask_storeu_ps(out + 2 * b + 16, m1, _mm512_permutex2var_ps(lo, idx_b, hi));
         }
       } else {
-        const __m256i t16 = to_bf16_avx512(tab);
+        const __m256i t16 = bf16_round_bits(tab);
         // vpermw reads 5 index bits: the table repeats, so bit 4 may hold anything.
         const __m512i wtab = _mm512_inserti64x4(_mm512_castsi256_si512(t16), t16, 1);
         const __m512i low4 = _mm512_set1_epi16(15);

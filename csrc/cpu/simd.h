@@ -98,6 +98,14 @@ MYQ_TARGET_AVX512 inline __m512i exact_bf16_bits(__m512 lo, __m512 hi) {
   return _mm512_permutex2var_epi16(_mm512_castps_si512(lo), odd_words, _mm512_castps_si512(hi));
 }
 
+// float -> bfloat16 bits, round to nearest even (finite values), 16 lanes.
+MYQ_TARGET_AVX512 inline __m256i bf16_round_bits(__m512 f) {
+  __m512i bits = _mm512_castps_si512(f);
+  __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  bits = _mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF)));
+  return _mm512_cvtepi32_epi16(_mm512_srli_epi32(bits, 16));
+}
+
 // 16 activations as float32, lanes outside mask zero: x may be float32, bfloat16 (the high
 // half of a float's bits) or float16; both widen exactly, so kernels read x in its own dtype
 // rather than from a float32 copy (torch's bf16 -> fp32 copy of a 2048 x 4096 x took 9.7 ms).
