@@ -388,12 +388,11 @@ std::pair<at::Tensor, at::Tensor> check_int8_args(const at::Tensor& x, const at:
 // The bfloat16 dot-product kernels (bf16_linear.cpp) for M rows of x: AMX-BF16 from amx_min_m
 // rows, any float x (float32 / float16 x split into bfloat16 planes keeps float32 accuracy:
 // int8 weights are exact in bfloat16, int4 then takes exact q - zero with the group scales in
-// float32); AVX512-BF16 (avx512_vnni on a CPU that has it) where dots(x) says.
-template <typename Dots>
-bool use_bf16_kernel(Isa isa, int64_t K, int64_t M, int64_t amx_min_m, const Dots& dots) {
+// float32); AVX512-BF16 (avx512_vnni on a CPU that has it) where the op asks for it (dots).
+bool use_bf16_kernel(Isa isa, int64_t K, int64_t M, int64_t amx_min_m, bool dots) {
   if (K % kAmxBf16K != 0) return false;
   if (isa == Isa::Avx512Amx) return M >= amx_min_m;
-  return isa == Isa::Avx512Vnni && cpu_has_bf16_gemm() && dots();
+  return isa == Isa::Avx512Vnni && cpu_has_bf16_gemm() && dots;
 }
 
 // x's int8 form (q rows of QuantX) re-laid out as AMX B tiles: amx_pack_rows over whole
@@ -552,7 +551,7 @@ at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& weight,
       use_digits(isa, x, M, K, N) ? split_x(x2, /*int4_order=*/false) : std::nullopt;
   if (digits) {
     int8_product(isa, digits->view, M, K, N, /*amx_min_m=*/1, wp, sp, bp, yp);
-  } else if (use_bf16_kernel(isa, K, M, kAmxMinM, [&] { return M > kSmallM; })) {
+  } else if (use_bf16_kernel(isa, K, M, kAmxMinM, /*dots=*/M > kSmallM)) {
     bf16_grid(x2, N, [&](const XPlanes& xp, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
       int8_linear_bf16(isa, xp, K, wp, sp, bp, yp, N, M, N, m0, m1, n0, n1);
     });
@@ -652,7 +651,7 @@ at::Tensor int4_linear_cpu(const at::Tensor& x, const at::Tensor& packed,
     });
   } else if (group_size % kAmxBf16K == 0 &&
              use_bf16_kernel(isa, K, M, amx_min_m,
-                             [&] { return M > gemv_max_m(vec, x, N, K, /*int4=*/true); })) {
+                             /*dots=*/M > gemv_max_m(vec, x, N, K, /*int4=*/true))) {
     bf16_grid(x2, N, [&](const XPlanes& xp, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
       int4_linear_bf16(isa, xp, K, pp, sp, zp, group_size, bp, yp, N, M, N, m0, m1, n0, n1);
     });
