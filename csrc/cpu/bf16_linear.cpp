@@ -83,6 +83,8 @@ struct Int4Rows {
         const __m512i wtab = _mm512_inserti64x4(_mm512_castsi256_si512(t16), t16, 1);
         const int64_t ke = std::min(k1, (g + 1) * gs);
         for (int64_t k = std::max(k0, g * gs); k < ke; k += kAmxBf16K) {
+          if ((k & 127) == 0)  // the same row's next chunk, one line per 128 weights
+            _mm_prefetch(reinterpret_cast<const char*>(src + (k + k1 - k0) / 2), _MM_HINT_T0);
           // 16 bytes = 32 weights; vpermw reads 5 index bits and the table repeats.
           const __m512i v = _mm512_cvtepu8_epi16(_mm256_castsi128_si256(
               _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + k / 2))));

@@ -14,7 +14,8 @@
 //                             thread 32 rows at a time (bf16_linear.cpp); float32 /
 //                             float16 x as 3 / 2 bf16 planes, still float32-accurate.
 //   AVX512-BF16 without AMX   the same product on vdpbf16ps beyond the gemv: bfloat16 x (int8
-//                             and int4), float16 x (int4); the digits below come first.
+//                             and int4, from M = 13), float16 x (int4, from M = 33); the
+//                             digits below come first.
 //   int8_linear on AMX,       before all of the above: x split into 3-4 int8 digits per row
 //   K % 64 == 0, N >= 16      (x_digits.cpp) and multiplied on AMX-INT8 like W8A8, so the
 //                             weights are never widened (bfloat16 x: M <= 32 only); on
@@ -56,6 +57,11 @@ namespace {
 // on bfloat16 hardware: oneDNN, AMX where present). Also the W8A8 VNNI kernel's
 // switch from splitting N to a 2-D (M, N) task grid.
 constexpr int64_t kSmallM = 32;
+// bfloat16 x on bfloat16 hardware: the gemv up to here, then bfloat16 tiles (int4) or our
+// vdpbf16ps kernel (int8 and int4, K % 32 == 0). The kernel always multiplies 16 rows of x,
+// so below 13 rows the gemv wins. Zen 4, 4096^2, cold, vdpbf16ps / gemv time, in turns:
+// int8 M = 12 / 13 / 32: 1.07 / 0.88 / 0.65; int4 g128 1.09 / 0.82 / 0.62 (Zen 5, int4: the
+// crossover at 12-16 rows).
 constexpr int64_t kSmallMBFloat16 = 12;
 // float32 x with int4 weights stays on the AVX-512 gemv at every M (where no AMX path comes
 // first): its float32 FMAs run near the FMA peak, ahead of the other ways to multiply. Zen 5,
@@ -551,7 +557,8 @@ at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& weight,
       use_digits(isa, x, M, K, N) ? split_x(x2, /*int4_order=*/false) : std::nullopt;
   if (digits) {
     int8_product(isa, digits->view, M, K, N, /*amx_min_m=*/1, wp, sp, bp, yp);
-  } else if (use_bf16_kernel(isa, K, M, kAmxMinM, /*dots=*/M > kSmallM)) {
+  } else if (use_bf16_kernel(isa, K, M, kAmxMinM,
+                                     /*dots=*/M > (bf16_tiles(x) ? kSmallMBFloat16 : kSmallM))) {
     bf16_grid(x2, N, [&](const XPlanes& xp, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
       int8_linear_bf16(isa, xp, K, wp, sp, bp, yp, N, M, N, m0, m1, n0, n1);
     });
