@@ -88,7 +88,7 @@ MYQ_TARGET_AVX512 void block_avx512(const float* xp, int64_t K, int64_t gs,
     for (int64_t k = g * gs; k < (g + 1) * gs; k += kInt4Chunk) {
       if ((k & 127) == 0)  // once per line (128 weights) of each row
         for (int j = 0; j < kNR; ++j)
-          _mm_prefetch(reinterpret_cast<const char*>(pr[j] + k / 2) + ahead, _MM_HINT_T0);
+          prefetch_to_l2(pr[j] + k / 2 + ahead);
       __m512 lo[kNR], hi[kNR];
       for (int j = 0; j < kNR; ++j) {
         // 16 lanes, one packed byte each: vpermps reads the low 4 bits of the index.

@@ -140,7 +140,7 @@ MYQ_TARGET_AVX512 void block_vnni(const int8_t* q, int64_t ldq, const int32_t* q
     for (int i = 0; i < MR; ++i) qv[i] = _mm512_loadu_si512(q + i * ldq + k);
     for (int j = 0; j < kNR; ++j) {
       if constexpr (kPrefetch)
-        _mm_prefetch(reinterpret_cast<const char*>(wr[j] + k) + ahead, _MM_HINT_T0);
+        prefetch_to_l2(wr[j] + k + ahead);
       const __m512i wv = _mm512_xor_si512(_mm512_loadu_si512(wr[j] + k), flip);
       for (int i = 0; i < MR; ++i) acc[i][j] = dpbusd(acc[i][j], wv, qv[i]);
     }

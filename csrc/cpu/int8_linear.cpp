@@ -53,7 +53,7 @@ MYQ_TARGET_AVX512 void block_avx512(const float* x, int64_t K, const int8_t* con
     for (int i = 0; i < MR; ++i) xv[i] = _mm512_loadu_ps(x + i * K + k);
     if ((k & 63) == 0)  // once per cache line of each row
       for (int j = 0; j < kNR; ++j)
-        _mm_prefetch(reinterpret_cast<const char*>(wr[j] + k) + ahead, _MM_HINT_T0);
+        prefetch_to_l2(wr[j] + k + ahead);
     for (int j = 0; j < kNR; ++j) {
       __m512 wv = load_i8_ps_avx512(wr[j] + k);
       for (int i = 0; i < MR; ++i) acc[i][j] = _mm512_fmadd_ps(xv[i], wv, acc[i][j]);
