@@ -48,7 +48,7 @@ struct Int8Rows {
     for_each_row(n0, N, k0, k1, a, lda, [&](int64_t n, uint16_t* dst) MYQ_TARGET_AVX512 {
       const int8_t* src = w + n * K;
       for (int64_t k = k0; k < k1; k += kAmxBf16K) {
-        if ((k & 63) == 0) _mm_prefetch(reinterpret_cast<const char*>(src + k) + (k1 - k0), _MM_HINT_T0);
+        if ((k & 63) == 0) prefetch_to_l2(src + k + (k1 - k0));
         __m512 lo, hi;
         load_i8x32_ps(src + k, &lo, &hi);
         _mm512_storeu_si512(dst + k, exact_bf16_bits(lo, hi));
@@ -84,7 +84,7 @@ struct Int4Rows {
         const int64_t ke = std::min(k1, (g + 1) * gs);
         for (int64_t k = std::max(k0, g * gs); k < ke; k += kAmxBf16K) {
           if ((k & 127) == 0)  // the same row's next chunk, one line per 128 weights
-            _mm_prefetch(reinterpret_cast<const char*>(src + (k + k1 - k0) / 2), _MM_HINT_T0);
+            prefetch_to_l2(src + (k + k1 - k0) / 2);
           // 16 bytes = 32 weights; vpermw reads 5 index bits and the table repeats.
           const __m512i v = _mm512_cvtepu8_epi16(_mm256_castsi128_si256(
               _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + k / 2))));
