@@ -46,6 +46,7 @@ LINEAR_SHAPES = [
 INT4_SHAPES = [
     ((1,), 1, 64, 32),
     ((1,), 257, 4096, 128),
+    ((2,), 40, 256, 64),      # bfloat16 x on AVX512-BF16: its own GEMV up to M = 2 (2 | 3)
     ((3,), 7, 96, 32),
     ((2, 3), 17, 256, 64),
     ((8,), 48, 256, 32),      # AMX from M = 8 with bfloat16 x, 12 with float x (M = 11 | 12)

@@ -97,13 +97,15 @@ def test_int4_linear(backend, poisoned_outputs, batch, n, k, group_size, dtype, 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("zero", ["fractional", "beyond int8"])
-def test_int4_linear_zero_points_int8_cannot_hold(backend, poisoned_outputs, dtype, zero):
+@pytest.mark.parametrize("rows", [2, 8])
+def test_int4_linear_zero_points_int8_cannot_hold(backend, poisoned_outputs, dtype, zero, rows):
     """Zero points that are not integers, or that put q - zero outside int8, are valid: the
-    AMX-INT8 path (exact int8 q - zero tiles) must hand them to a float path."""
+    AMX-INT8 path (exact int8 q - zero tiles) must hand them to a float path, and the GEMVs
+    that subtract them at the end (sum of x times scale times zero) must keep them exact."""
     packed, scales, zeros = int4_weight(40, 256, 64, symmetric=False)
     zeros = zeros + 0.25 if zero == "fractional" else zeros + 150.0
     scales = scales / 20  # keeps float16 results finite with zero points near 150
-    x = make_x((8,), 256, dtype)
+    x = make_x((rows,), 256, dtype)
     y = myq_kernels.int4_linear(x, packed, scales, zeros, 64)
     assert_linear_close(y, *int4_expected(x, packed, scales, zeros, 64, None), dtype)
 

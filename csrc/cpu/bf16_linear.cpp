@@ -159,13 +159,6 @@ struct AmxTiles {
   }
 };
 
-// acc + the dot products of the bfloat16 pairs in each 32-bit lane (vdpbf16ps). In asm, as
-// dpbusd in simd.h: GCC 12 moves arrays of intrinsic accumulators through the stack.
-MYQ_TARGET_AVX512_BF16 inline __m512 dpbf16(__m512 acc, __m512i a, __m512i b) {
-  asm("vdpbf16ps %2, %1, %0" : "+v"(acc) : "v"(a), "vm"(b));
-  return acc;
-}
-
 // Rows [r0, r0 + NR) of A (a points at row r0) against MT blocks of 16 rows of x, each in
 // P planes, over `pairs` k-pairs: NR * MT * P accumulators, every broadcast pair of A
 // meeting MT * P vectors of x. The planes sum at the end (P chains per sum, not one long one).

@@ -111,6 +111,55 @@ MYQ_TARGET_AVX512 void block_avx512(const float* xp, int64_t K, int64_t gs,
     for (int j = 0; j < kNR; ++j) out[i * kNR + j] = _mm512_reduce_add_ps(acc[i][j]);
 }
 
+// ---------------------------------------------------------------- AVX512-BF16
+// bfloat16 x, reordered as xp (int4_prepare_x). vpermw turns the nibbles of 16 bytes into the
+// 32 weights q as bfloat16, low nibbles then high ones (the order of xp), from one table of
+// bf16(0..15) (twice: vpermw reads five index bits); one vdpbf16ps then adds 32 exact
+// products x * q, where the float32 table needs two vpermps, a shift and two FMAs, all zmm
+// shuffles and FMAs sharing Zen 4's two 256-bit halves. Per group the sums are scaled once
+// (float32), and finish() takes the zero points off, as the AVX2 one-row path does.
+// MR <= 2: partial and total sums for MR x kNR outputs.
+template <int MR>
+MYQ_TARGET_AVX512_BF16 void block_bf16(const uint16_t* x, int64_t K, int64_t gs,
+                                       const uint8_t* const* pr, const float* const* sr,
+                                       float* out) {
+  const __m512i q_bf16 = _mm512_set_epi16(
+      0x4170, 0x4160, 0x4150, 0x4140, 0x4130, 0x4120, 0x4110, 0x4100,
+      0x40E0, 0x40C0, 0x40A0, 0x4080, 0x4040, 0x4000, 0x3F80, 0x0000,
+      0x4170, 0x4160, 0x4150, 0x4140, 0x4130, 0x4120, 0x4110, 0x4100,
+      0x40E0, 0x40C0, 0x40A0, 0x4080, 0x4040, 0x4000, 0x3F80, 0x0000);
+  __m512 acc[MR][kNR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < kNR; ++j) acc[i][j] = _mm512_setzero_ps();
+  const int64_t G = K / gs;
+  const int64_t ahead = prefetch_ahead(kNR * K / 2);
+  for (int64_t g = 0; g < G; ++g) {
+    __m512 part[MR][kNR];
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < kNR; ++j) part[i][j] = _mm512_setzero_ps();
+    for (int64_t k = g * gs; k < (g + 1) * gs; k += kInt4Chunk) {
+      if ((k & 127) == 0)
+        for (int j = 0; j < kNR; ++j) prefetch_to_l2(pr[j] + k / 2 + ahead);
+      __m512i xv[MR];
+      for (int i = 0; i < MR; ++i) xv[i] = _mm512_loadu_si512(x + i * K + k);
+      for (int j = 0; j < kNR; ++j) {
+        const __m256i bytes = _mm256_cvtepu8_epi16(
+            _mm_loadu_si128(reinterpret_cast<const __m128i*>(pr[j] + k / 2)));
+        const __m512i nibbles =
+            _mm512_inserti64x4(_mm512_castsi256_si512(bytes), _mm256_srli_epi16(bytes, 4), 1);
+        const __m512i q = _mm512_permutexvar_epi16(nibbles, q_bf16);
+        for (int i = 0; i < MR; ++i) part[i][j] = dpbf16(part[i][j], q, xv[i]);
+      }
+    }
+    for (int j = 0; j < kNR; ++j) {
+      const __m512 scale = _mm512_set1_ps(sr[j][g]);
+      for (int i = 0; i < MR; ++i) acc[i][j] = _mm512_fmadd_ps(part[i][j], scale, acc[i][j]);
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < kNR; ++j) out[i * kNR + j] = _mm512_reduce_add_ps(acc[i][j]);
+}
+
 // ---------------------------------------------------------------- AVX2
 // Weights are prefetched kPrefetchBlocks row blocks ahead in address order
 // (prefetch_block_lines), for every M. 4096^2 M=1 cold, alternating processes: no prefetch
@@ -407,12 +456,12 @@ MYQ_TARGET_AVX512 void dequant_avx512(const uint8_t* packed, const float* scales
 
 bool int4_gemv_supported(int64_t group_size) { return group_size % kInt4Chunk == 0; }
 
-void int4_prepare_x(const float* x, int64_t M, int64_t K, int64_t group_size, float* xp,
-                    float* xsum) {
+template <typename T>
+void int4_prepare_x(const T* x, int64_t M, int64_t K, int64_t group_size, T* xp, float* xsum) {
   const int64_t G = K / group_size;
   for (int64_t m = 0; m < M; ++m) {
-    const float* xr = x + m * K;
-    float* pr = xp + m * K;
+    const T* xr = x + m * K;
+    T* pr = xp + m * K;
     for (int64_t c = 0; c + kInt4Chunk <= K; c += kInt4Chunk)
       for (int b = 0; b < 16; ++b) {
         pr[c + b] = xr[c + 2 * b];
@@ -420,8 +469,46 @@ void int4_prepare_x(const float* x, int64_t M, int64_t K, int64_t group_size, fl
       }
     for (int64_t g = 0; g < G; ++g) {
       float s = 0.f;
-      for (int64_t k = g * group_size; k < (g + 1) * group_size; ++k) s += xr[k];
+      for (int64_t k = g * group_size; k < (g + 1) * group_size; ++k) s += static_cast<float>(xr[k]);
       xsum[m * G + g] = s;
+    }
+  }
+}
+
+template void int4_prepare_x<float>(const float*, int64_t, int64_t, int64_t, float*, float*);
+template void int4_prepare_x<c10::BFloat16>(const c10::BFloat16*, int64_t, int64_t, int64_t,
+                                            c10::BFloat16*, float*);
+
+// Columns [n0, n1) of bfloat16 x's GEMV (block_bf16), kColumns rows at a time, x in passes
+// of up to two rows.
+void int4_gemv_bf16(const c10::BFloat16* xp, const float* xsum, int64_t M, int64_t K,
+                    const uint8_t* packed, const float* scales, const float* zeros, int64_t gs,
+                    const float* bias, float* y, int64_t ldy, int64_t n0, int64_t n1) {
+  const int64_t G = K / gs;
+  const uint16_t* x16 = reinterpret_cast<const uint16_t*>(xp);
+  float out[2 * kNR];
+  for (int64_t nc = n0; nc < n1; nc += kColumns) {
+    const int64_t nc1 = std::min(n1, nc + kColumns);
+    for (int64_t m = 0; m < M; m += 2) {
+      const int mr = M - m >= 2 ? 2 : 1;
+      for (int64_t nb = nc; nb < nc1; nb += kNR) {
+        const int nr = static_cast<int>(std::min<int64_t>(kNR, nc1 - nb));
+        const uint8_t* pr[kNR];
+        const float* sr[kNR];
+        for (int j = 0; j < kNR; ++j) {
+          const int64_t n = nb + std::min(j, nr - 1);  // pad: repeat the last row
+          pr[j] = packed + n * (K / 2);
+          sr[j] = scales + n * G;
+        }
+        if (mr == 2) block_bf16<2>(x16 + m * K, K, gs, pr, sr, out);
+        else block_bf16<1>(x16 + m * K, K, gs, pr, sr, out);
+        for (int i = 0; i < mr; ++i)
+          for (int j = 0; j < nr; ++j) {
+            const int64_t n = nb + j;
+            y[(m + i) * ldy + n] = finish(out[i * kNR + j], xsum + (m + i) * G, scales + n * G,
+                                          zeros ? zeros + n * G : nullptr, G, bias, n);
+          }
+      }
     }
   }
 }

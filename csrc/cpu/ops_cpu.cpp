@@ -5,7 +5,8 @@
 // Strategy per op, by the number of activation rows M = x.numel() / K:
 //   int8_linear, int4_linear  M <= gemv_max_m (32; 64-128 on AVX2; int4 with float32 x on
 //                             AVX-512: every M): stream the weights (gemv kernels), threads
-//                             split the output columns N.
+//                             split the output columns N. int4 with bfloat16 x on AVX512-BF16,
+//                             M <= 2: its own vdpbf16ps GEMV.
 //                             Larger M: dequantize the weights into float32 (int4 only:
 //                             bfloat16 when x is bfloat16 and the CPU has bfloat16 hardware,
 //                             see bf16_tiles) for MKL / oneDNN (tiled_mm): whole, in one
@@ -68,6 +69,11 @@ constexpr int64_t kSmallMBFloat16 = 12;
 // 4096^2 g128, hot, ms, gemv / three bfloat16 planes on AVX512-BF16 (bf16_linear.cpp):
 // M = 32 3.3 / 5.1, M = 128 14.5 / 16.6, M = 512 52 / 68; MKL's float32 tiles at M = 512: 104.
 constexpr int64_t kGemvAnyM = std::numeric_limits<int64_t>::max();
+// bfloat16 x with int4 weights on AVX512-BF16: the vdpbf16ps GEMV (int4_gemv_bf16) up to here,
+// the float32 one beyond (it takes x in passes of 4 rows, the bfloat16 one of 2). Zen 4,
+// 4096^2 g128, float32 / bfloat16 GEMV time, in turns, cold (hot): M = 1 1.18x (1.20x),
+// M = 2 1.09x (1.12x), M = 4 0.89x (0.86x), M = 8 0.82x (0.85x).
+constexpr int64_t kInt4Bf16GemvMaxM = 2;
 constexpr int64_t kGemvRowChunk = 256;
 
 // bfloat16 x meets bfloat16 weight tiles (int4 only: see int8_dequant) in the large-M path
@@ -661,6 +667,17 @@ at::Tensor int4_linear_cpu(const at::Tensor& x, const at::Tensor& packed,
                              /*dots=*/M > gemv_max_m(vec, x, N, K, /*int4=*/true))) {
     bf16_grid(x2, N, [&](const XPlanes& xp, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
       int4_linear_bf16(isa, xp, K, pp, sp, zp, group_size, bp, yp, N, M, N, m0, m1, n0, n1);
+    });
+  } else if (M <= kInt4Bf16GemvMaxM && int4_gemv_supported(group_size) && bf16_tiles(x) &&
+             vec == Isa::Avx512Vnni) {
+    const at::Tensor xc = x2.contiguous();
+    at::Tensor xp = at::empty({M, K}, xc.options());
+    at::Tensor xsum = at::empty({M, G}, xc.options().dtype(at::kFloat));
+    int4_prepare_x(xc.const_data_ptr<c10::BFloat16>(), M, K, group_size,
+                   xp.mutable_data_ptr<c10::BFloat16>(), xsum.mutable_data_ptr<float>());
+    parallel_cols(N, M * K, [&](int64_t n0, int64_t n1) {
+      int4_gemv_bf16(xp.const_data_ptr<c10::BFloat16>(), xsum.const_data_ptr<float>(), M, K, pp,
+                     sp, zp, group_size, bp, yp, N, n0, n1);
     });
   } else if (M <= gemv_max_m(vec, x, N, K, /*int4=*/true) && int4_gemv_supported(group_size)) {
     const at::Tensor xf = x2.to(at::kFloat).contiguous();
