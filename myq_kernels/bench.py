@@ -42,6 +42,23 @@ def parse_shapes(text):
     return shapes
 
 
+DTYPE_NAMES = {"fp32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16",
+               "fp16": "fp16", "float16": "fp16"}
+
+
+def parse_dtypes(text):
+    """"fp32,bfloat16" -> ("fp32", "bf16"): the keys of DTYPES, torch's names accepted too."""
+    names = []
+    for item in text.split(","):
+        name = DTYPE_NAMES.get(item.strip().lower())
+        if name is None:
+            raise argparse.ArgumentTypeError(
+                f"{item.strip()!r} is not an activation dtype; use fp32, bf16 or fp16 "
+                "(or float32, bfloat16, float16)")
+        names.append(name)
+    return tuple(names)
+
+
 def group_size(k):
     """GROUP, or the largest of 64 / 32 that divides K (e.g. K = 576)."""
     return next(g for g in (GROUP, 64, 32, k) if k % g == 0)
@@ -317,7 +334,7 @@ def run(args):
         # the listed shapes at their usual M values; any other N x K at OTHER_M
         usual = dict([(SQUARE, M_VALUES)] + [(s, OTHER_M) for s in OTHER_SHAPES])
         shapes = [(s, usual.get(s, OTHER_M)) for s in args.shapes]
-    dtypes = ("fp32", "bf16") if args.quick or smoke else tuple(args.dtypes.split(","))
+    dtypes = ("fp32", "bf16") if args.quick or smoke else args.dtypes
     rows, scaling = [], []
     for (n, k), m_values in shapes:
         weights = Weights(n, k, cold_bytes)
@@ -360,7 +377,8 @@ def add_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--shapes", type=parse_shapes, default=None,
                         help="only these N x K shapes, e.g. 4096x4096,1536x576 (a shape outside the "
                              "default set runs at M = " + "/".join(map(str, OTHER_M)) + ")")
-    parser.add_argument("--dtypes", default="fp32,bf16,fp16", help="activation dtypes, comma-separated")
+    parser.add_argument("--dtypes", type=parse_dtypes, default=("fp32", "bf16", "fp16"),
+                        help="activation dtypes, comma-separated: fp32, bf16, fp16")
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--min-seconds", type=float, default=0.25, help="time spent per measurement")
     parser.add_argument("--cold-mib", type=int, default=1024, help="weight copies cycled for cold runs (MiB)")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import myq_kernels
-from myq_kernels.bench import parse_shapes
+from myq_kernels.bench import parse_dtypes, parse_shapes
 from op_cases import int4_weight, int8_weight
 
 
@@ -108,3 +108,13 @@ def test_bench_shapes_must_be_n_by_even_k(text):
 
 def test_bench_shapes_parse():
     assert parse_shapes("4096x4096, 576x1536") == [(4096, 4096), (576, 1536)]
+
+
+@pytest.mark.parametrize("text", ["fp8", "float", "fp32,int8", ""])
+def test_bench_dtypes_must_be_known(text):
+    with pytest.raises(argparse.ArgumentTypeError, match="is not an activation dtype; use fp32, bf16 or fp16"):
+        parse_dtypes(text)
+
+
+def test_bench_dtypes_take_torch_names_too():
+    assert parse_dtypes("float32, BF16,float16") == ("fp32", "bf16", "fp16")
