@@ -3,7 +3,8 @@
 // Small M: activations are reordered once per call (int4_prepare_x) so that the low and
 // high nibbles of 16 packed bytes meet 16 contiguous x values each; a row is streamed
 // once per block of MR activation rows, NR rows at a time. AVX-512 looks the nibbles up
-// in a per-group table of dequantized values (vpermps). Scalar, and AVX2 with one row of x:
+// in a per-group table of dequantized values (vpermps). Scalar, AVX2 with one row of x, and
+// bfloat16 x on AVX512-BF16 (block_bf16: q as bfloat16 for vdpbf16ps, one or two rows):
 // within a group the products sum(x * q) accumulate unscaled, then one FMA per group applies
 // the group scale; AVX2 with more rows scales the widened weights instead (block_avx2). The
 // zero point enters once at the end as sum_g scale*zero*sum(x in group). AVX2 from
@@ -227,17 +228,30 @@ MYQ_TARGET_AVX2 void block_avx2(const float* xp, int64_t K, int64_t gs,
     for (int j = 0; j < NR; ++j) out[i * NR + j] = hsum_avx2(acc[i][j]);
 }
 
+// The GEMV kernels: float32 x (as xp) in AVX-512 tables or AVX2 partial sums, and bfloat16 x
+// (as xp) in AVX512-BF16 dot products.
+enum class Gemv { kAvx512, kAvx2, kAvx512Bf16 };
+
 // Weight rows per block for MR rows of x: AVX-512 always kNR.
-template <bool kAvx512>
+template <Gemv P>
 constexpr int rows_per_block(int mr) {
-  return kAvx512 ? kNR : mr == 1 ? 4 : mr == 2 ? 4 : mr == 3 ? 3 : 2;
+  return P != Gemv::kAvx2 ? kNR : mr == 1 ? 4 : mr == 2 ? 4 : mr == 3 ? 3 : 2;
 }
 
-template <int MR, bool kAvx512>
-void run_block(const float* xp, int64_t K, int64_t gs, const uint8_t* const* pr,
+// Rows of x per pass: block_bf16 holds partial and total sums, two rows' worth at most.
+template <Gemv P>
+constexpr int rows_per_pass(int64_t left) {
+  return P == Gemv::kAvx512Bf16 ? (left >= 2 ? 2 : 1) : gemv_rows_per_pass(left);
+}
+
+template <int MR, Gemv P, typename X>
+void run_block(const X* xp, int64_t K, int64_t gs, const uint8_t* const* pr,
                const float* const* sr, const float* const* zr, float* out) {
-  if constexpr (kAvx512) block_avx512<MR>(xp, K, gs, pr, sr, zr, out);
-  else block_avx2<MR, rows_per_block<false>(MR)>(xp, K, gs, pr, sr, out);
+  if constexpr (P == Gemv::kAvx512) block_avx512<MR>(xp, K, gs, pr, sr, zr, out);
+  else if constexpr (P == Gemv::kAvx2)
+    block_avx2<MR, rows_per_block<P>(MR)>(xp, K, gs, pr, sr, out);
+  else if constexpr (MR <= 2)
+    block_bf16<MR>(reinterpret_cast<const uint16_t*>(xp), K, gs, pr, sr, out);
 }
 
 // Columns [n0, n1) in blocks of kColumns weight rows (L2-resident while every block of MR
@@ -245,8 +259,8 @@ void run_block(const float* xp, int64_t K, int64_t gs, const uint8_t* const* pr,
 // of every rows_per_block.
 constexpr int64_t kColumns = 24;
 
-template <bool kAvx512>
-void gemv_vector(const float* xp, const float* xsum, int64_t M, int64_t K,
+template <Gemv P, typename X>
+void gemv_vector(const X* xp, const float* xsum, int64_t M, int64_t K,
                  const uint8_t* packed, const float* scales, const float* zeros, int64_t gs,
                  const float* bias, float* y, int64_t ldy, int64_t n0, int64_t n1) {
   constexpr int kMaxMR = 4;
@@ -256,9 +270,9 @@ void gemv_vector(const float* xp, const float* xsum, int64_t M, int64_t K,
     const int64_t nc1 = std::min(n1, nc + kColumns);
     int mr = 0;
     for (int64_t m = 0; m < M; m += mr) {
-      mr = gemv_rows_per_pass(M - m);
-      const int nr_block = rows_per_block<kAvx512>(mr);
-      const float* xm = xp + m * K;
+      mr = rows_per_pass<P>(M - m);
+      const int nr_block = rows_per_block<P>(mr);
+      const X* xm = xp + m * K;
       for (int64_t nb = nc; nb < nc1; nb += nr_block) {
         const int nr = static_cast<int>(std::min<int64_t>(nr_block, nc1 - nb));
         const uint8_t* pr[kNR];
@@ -271,20 +285,20 @@ void gemv_vector(const float* xp, const float* xsum, int64_t M, int64_t K,
           zr[j] = zeros ? zeros + n * G : nullptr;
         }
         switch (mr) {
-          case 1: run_block<1, kAvx512>(xm, K, gs, pr, sr, zr, out); break;
-          case 2: run_block<2, kAvx512>(xm, K, gs, pr, sr, zr, out); break;
-          case 3: run_block<3, kAvx512>(xm, K, gs, pr, sr, zr, out); break;
-          default: run_block<4, kAvx512>(xm, K, gs, pr, sr, zr, out); break;
+          case 1: run_block<1, P>(xm, K, gs, pr, sr, zr, out); break;
+          case 2: run_block<2, P>(xm, K, gs, pr, sr, zr, out); break;
+          case 3: run_block<3, P>(xm, K, gs, pr, sr, zr, out); break;
+          default: run_block<4, P>(xm, K, gs, pr, sr, zr, out); break;
         }
         for (int i = 0; i < mr; ++i)
           for (int j = 0; j < nr; ++j) {
             const int64_t n = nb + j;
             const float dot = out[i * nr_block + j];
-            // AVX-512's tables fold the zero point in; AVX2's partial sums subtract it here.
+            // AVX-512's tables fold the zero point in; the partial sums subtract it here.
             y[(m + i) * ldy + n] =
-                kAvx512 ? dot + (bias ? bias[n] : 0.f)
-                        : finish(dot, xsum + (m + i) * G, scales + n * G,
-                                 zeros ? zeros + n * G : nullptr, G, bias, n);
+                P == Gemv::kAvx512 ? dot + (bias ? bias[n] : 0.f)
+                                   : finish(dot, xsum + (m + i) * G, scales + n * G,
+                                            zeros ? zeros + n * G : nullptr, G, bias, n);
           }
       }
     }
@@ -469,7 +483,8 @@ void int4_prepare_x(const T* x, int64_t M, int64_t K, int64_t group_size, T* xp,
       }
     for (int64_t g = 0; g < G; ++g) {
       float s = 0.f;
-      for (int64_t k = g * group_size; k < (g + 1) * group_size; ++k) s += static_cast<float>(xr[k]);
+      for (int64_t k = g * group_size; k < (g + 1) * group_size; ++k)
+        s += static_cast<float>(xr[k]);
       xsum[m * G + g] = s;
     }
   }
@@ -479,38 +494,12 @@ template void int4_prepare_x<float>(const float*, int64_t, int64_t, int64_t, flo
 template void int4_prepare_x<c10::BFloat16>(const c10::BFloat16*, int64_t, int64_t, int64_t,
                                             c10::BFloat16*, float*);
 
-// Columns [n0, n1) of bfloat16 x's GEMV (block_bf16), kColumns rows at a time, x in passes
-// of up to two rows.
 void int4_gemv_bf16(const c10::BFloat16* xp, const float* xsum, int64_t M, int64_t K,
-                    const uint8_t* packed, const float* scales, const float* zeros, int64_t gs,
-                    const float* bias, float* y, int64_t ldy, int64_t n0, int64_t n1) {
-  const int64_t G = K / gs;
-  const uint16_t* x16 = reinterpret_cast<const uint16_t*>(xp);
-  float out[2 * kNR];
-  for (int64_t nc = n0; nc < n1; nc += kColumns) {
-    const int64_t nc1 = std::min(n1, nc + kColumns);
-    for (int64_t m = 0; m < M; m += 2) {
-      const int mr = M - m >= 2 ? 2 : 1;
-      for (int64_t nb = nc; nb < nc1; nb += kNR) {
-        const int nr = static_cast<int>(std::min<int64_t>(kNR, nc1 - nb));
-        const uint8_t* pr[kNR];
-        const float* sr[kNR];
-        for (int j = 0; j < kNR; ++j) {
-          const int64_t n = nb + std::min(j, nr - 1);  // pad: repeat the last row
-          pr[j] = packed + n * (K / 2);
-          sr[j] = scales + n * G;
-        }
-        if (mr == 2) block_bf16<2>(x16 + m * K, K, gs, pr, sr, out);
-        else block_bf16<1>(x16 + m * K, K, gs, pr, sr, out);
-        for (int i = 0; i < mr; ++i)
-          for (int j = 0; j < nr; ++j) {
-            const int64_t n = nb + j;
-            y[(m + i) * ldy + n] = finish(out[i * kNR + j], xsum + (m + i) * G, scales + n * G,
-                                          zeros ? zeros + n * G : nullptr, G, bias, n);
-          }
-      }
-    }
-  }
+                    const uint8_t* packed, const float* scales, const float* zeros,
+                    int64_t group_size, const float* bias, float* y, int64_t ldy, int64_t n0,
+                    int64_t n1) {
+  gemv_vector<Gemv::kAvx512Bf16>(xp, xsum, M, K, packed, scales, zeros, group_size, bias, y, ldy,
+                                 n0, n1);
 }
 
 void int4_gemv(Isa isa, const float* x, const float* xp, const float* xsum, int64_t M,
@@ -519,13 +508,15 @@ void int4_gemv(Isa isa, const float* x, const float* xp, const float* xsum, int6
                int64_t n1) {
   switch (isa) {
     case Isa::Avx512Vnni:
-      gemv_vector<true>(xp, xsum, M, K, packed, scales, zeros, group_size, bias, y, ldy, n0, n1);
+      gemv_vector<Gemv::kAvx512>(xp, xsum, M, K, packed, scales, zeros, group_size, bias, y, ldy,
+                                 n0, n1);
       break;
     case Isa::Avx2:
       if (!int4_gemv_reads_xp(isa, M))
         gemv_panel_avx2(x, M, K, packed, scales, zeros, group_size, bias, y, ldy, n0, n1);
       else
-        gemv_vector<false>(xp, xsum, M, K, packed, scales, zeros, group_size, bias, y, ldy, n0, n1);
+        gemv_vector<Gemv::kAvx2>(xp, xsum, M, K, packed, scales, zeros, group_size, bias, y,
+                                 ldy, n0, n1);
       break;
     default:
       gemv_scalar(xp, xsum, M, K, packed, scales, zeros, group_size, bias, y, ldy, n0, n1);
