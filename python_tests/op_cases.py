@@ -38,7 +38,8 @@ LINEAR_SHAPES = [
     ((257,), 31, 384),
     ((64,), 33, 200),    # AVX2 gemv up to M = 64 where the weight is dequantized whole (64 | 65)
     ((65,), 33, 200),
-    ((128,), 520, 2048),  # ... and up to 128 for int8 in per-thread tiles (> 4 MiB): 128 | 129
+    ((128,), 520, 2048),  # ... and up to 128 for int8 in per-thread tiles (> 4 MiB): 128 | 129;
+                          # VNNI digits from K = 2048 (K = 1000 above | 2048)
     ((129,), 520, 2048),
 ]
 

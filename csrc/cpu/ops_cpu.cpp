@@ -20,7 +20,8 @@
 //   int8_linear on AMX,       before all of the above: x split into 3-4 int8 digits per row
 //   K % 64 == 0, N >= 16      (x_digits.cpp) and multiplied on AMX-INT8 like W8A8, so the
 //                             weights are never widened (bfloat16 x: M <= 32 only); on
-//                             AVX-512 VNNI without AMX the same from M = 33, on the VNNI kernel.
+//                             AVX-512 VNNI without AMX the same from M = 33 and K = 2048, on
+//                             the VNNI kernel.
 //   int4_linear on AMX,       likewise from M = 5 with float32 x (float16 x: M = 5..32) and
 //   group_size % 64 == 0      integer zero points, on exact int8 q - zero tiles
 //                             (int4_linear_amx.cpp).
@@ -117,6 +118,15 @@ constexpr int64_t kAmxTileN = 64;
 // with it, our vdpbf16ps kernel (exact products, float32 sums): Zen 5, 4096^2 hot, M = 128:
 // 6.0 ms against 12.7 for the digits and 6.5 for F.linear bf16.
 constexpr int64_t kDigitsMaxK = (int64_t(1) << 17) - 1;
+// Without AMX the VNNI kernel's work per output (16 horizontal sums per 4 x 4 block, the
+// digits combined in double) weighs on short rows, so float x takes MKL's tiles below this K.
+// int8_linear float32 x, Zen 4, hot, against F.linear fp32 in turns, M = 128 / 512, digits
+// -> MKL tiles: 1536x576 0.43-0.63x / 0.52-0.57x -> 0.83-0.89x / 0.97-0.98x; 576x1536
+// 0.79-0.83 / 0.75-0.76 -> 0.63-0.83 / 0.86-0.92; 3072x768 0.74-0.84 / 0.75-0.78 -> 1.05-1.27
+// / 1.00-1.08; 768x3072 0.97-1.03 / 0.72-0.85 -> 0.86-0.90 / 0.70-0.75; 4096^2 1.49 / 0.98
+// -> 1.29 / 1.06 (the quick reports: digits 1.04-1.09x at M = 512). The bf16 planes
+// (vdpbf16ps, 3 per float) ran 0.63-1.11x.
+constexpr int64_t kVnniDigitsMinK = 2048;
 constexpr int64_t kDigitsMaxMBFloat16 = 32;
 constexpr int64_t kInt4DigitsMinM = 5;
 constexpr int64_t kInt4DigitsMaxMFloat16 = 32;
@@ -491,7 +501,8 @@ bool use_digits(Isa isa, const at::Tensor& x, int64_t M, int64_t K, int64_t N) {
   const bool bf16 = x.scalar_type() == at::kBFloat16;
   if (isa == Isa::Avx512Amx)
     return K % kAmxK == 0 && N >= kAmxTile && (!bf16 || M <= kDigitsMaxMBFloat16);
-  return isa == Isa::Avx512Vnni && M > kSmallM && !(bf16 && cpu_has_bf16_gemm());
+  return isa == Isa::Avx512Vnni && M > kSmallM && K >= kVnniDigitsMinK &&
+         !(bf16 && cpu_has_bf16_gemm());
 }
 
 // int4_linear on AMX-INT8 with x's digits (int4_linear_amx.cpp), for whole 64-wide k-steps
@@ -564,7 +575,8 @@ at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& weight,
   if (digits) {
     int8_product(isa, digits->view, M, K, N, /*amx_min_m=*/1, wp, sp, bp, yp);
   } else if (use_bf16_kernel(isa, K, M, kAmxMinM,
-                                     /*dots=*/M > (bf16_tiles(x) ? kSmallMBFloat16 : kSmallM))) {
+                             /*dots=*/bf16_tiles(x) ? M > kSmallMBFloat16
+                                                    : M > kSmallM && K >= kVnniDigitsMinK)) {
     bf16_grid(x2, N, [&](const XPlanes& xp, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
       int8_linear_bf16(isa, xp, K, wp, sp, bp, yp, N, M, N, m0, m1, n0, n1);
     });
