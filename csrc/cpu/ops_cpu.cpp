@@ -28,6 +28,7 @@
 //   int8_linear_dynamic       quantize x once, then the int8 product (int8_product): AMX
 //                             tiles (avx512_amx, M >= kAmxMinM, K % 64 == 0), else the VNNI /
 //                             AVX2 / scalar dot kernel (threads split N when M <= kSmallM);
+//                             VNNI without AMX, M > kSmallM, K < 2048: at::_int_mm;
 //                             on AVX2 with M > kSmallM and K <= 1040, MKL on the int8 values
 //                             as float32, exact (w8a8_float_gemm).
 #include <torch/extension.h>
@@ -119,14 +120,18 @@ constexpr int64_t kAmxTileN = 64;
 // 6.0 ms against 12.7 for the digits and 6.5 for F.linear bf16.
 constexpr int64_t kDigitsMaxK = (int64_t(1) << 17) - 1;
 // Without AMX the VNNI kernel's work per output (16 horizontal sums per 4 x 4 block, the
-// digits combined in double) weighs on short rows, so float x takes MKL's tiles below this K.
+// digits combined in double) weighs on short rows: below this K and beyond kSmallM rows,
+// int8_linear's float x takes MKL's tiles and W8A8 torch's int8 GEMM (at::_int_mm).
+// W8A8, Zen 4, hot, _int_mm / VNNI time in turns, M = 33 / 128 / 512: 1536x576 0.90 / 0.70 /
+// 0.72, 576x1536 1.08 / 0.82 / 0.73, 3072x768 0.90 / 0.76 / 0.77, 768x3072 1.25 / 0.80 / 0.93,
+// 4096^2 2.07 / 1.16 / 1.03, 11008x4096 1.98 / 1.06 / 0.83.
 // int8_linear float32 x, Zen 4, hot, against F.linear fp32 in turns, M = 128 / 512, digits
 // -> MKL tiles: 1536x576 0.43-0.63x / 0.52-0.57x -> 0.83-0.89x / 0.97-0.98x; 576x1536
 // 0.79-0.83 / 0.75-0.76 -> 0.63-0.83 / 0.86-0.92; 3072x768 0.74-0.84 / 0.75-0.78 -> 1.05-1.27
 // / 1.00-1.08; 768x3072 0.97-1.03 / 0.72-0.85 -> 0.86-0.90 / 0.70-0.75; 4096^2 1.49 / 0.98
 // -> 1.29 / 1.06 (the quick reports: digits 1.04-1.09x at M = 512). The bf16 planes
 // (vdpbf16ps, 3 per float) ran 0.63-1.11x.
-constexpr int64_t kVnniDigitsMinK = 2048;
+constexpr int64_t kVnniMinK = 2048;
 constexpr int64_t kDigitsMaxMBFloat16 = 32;
 constexpr int64_t kInt4DigitsMinM = 5;
 constexpr int64_t kInt4DigitsMaxMFloat16 = 32;
@@ -501,7 +506,7 @@ bool use_digits(Isa isa, const at::Tensor& x, int64_t M, int64_t K, int64_t N) {
   const bool bf16 = x.scalar_type() == at::kBFloat16;
   if (isa == Isa::Avx512Amx)
     return K % kAmxK == 0 && N >= kAmxTile && (!bf16 || M <= kDigitsMaxMBFloat16);
-  return isa == Isa::Avx512Vnni && M > kSmallM && K >= kVnniDigitsMinK &&
+  return isa == Isa::Avx512Vnni && M > kSmallM && K >= kVnniMinK &&
          !(bf16 && cpu_has_bf16_gemm());
 }
 
@@ -576,7 +581,7 @@ at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& weight,
     int8_product(isa, digits->view, M, K, N, /*amx_min_m=*/1, wp, sp, bp, yp);
   } else if (use_bf16_kernel(isa, K, M, kAmxMinM,
                              /*dots=*/bf16_tiles(x) ? M > kSmallMBFloat16
-                                                    : M > kSmallM && K >= kVnniDigitsMinK)) {
+                                                    : M > kSmallM && K >= kVnniMinK)) {
     bf16_grid(x2, N, [&](const XPlanes& xp, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
       int8_linear_bf16(isa, xp, K, wp, sp, bp, yp, N, M, N, m0, m1, n0, n1);
     });
@@ -592,6 +597,16 @@ at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& weight,
     }, sp, bp, yp);
   }
   return finish(y, x, N);
+}
+
+// W8A8 through torch's int8 GEMM (at::_int_mm, oneDNN: exact int32 sums), then the int8
+// kernel's epilogue: for short rows without AMX (kVnniMinK).
+void w8a8_int_mm(const int8_t* q, int64_t ldq, const float* rs, int64_t M, int64_t K,
+                 const at::Tensor& w, const float* scale, const float* bias, float* y) {
+  const at::Tensor xq = at::from_blob(const_cast<int8_t*>(q), {M, K}, {ldq, 1},
+                                      at::TensorOptions().dtype(at::kChar));
+  const at::Tensor acc = at::_int_mm(xq, w.t());
+  scale_rows(acc.const_data_ptr<int32_t>(), M, w.size(0), rs, scale, bias, y);
 }
 
 at::Tensor int8_linear_dynamic_cpu(const at::Tensor& x, const at::Tensor& weight,
@@ -623,6 +638,10 @@ at::Tensor int8_linear_dynamic_cpu(const at::Tensor& x, const at::Tensor& weight
   float* yp = y.mutable_data_ptr<float>();
   if (vec == Isa::Avx2 && M > kSmallM && K <= kExactFloatSumMaxK) {
     w8a8_float_gemm(vec, qp, ldq, rsp, M, K, N, wp, sp, bp, yp);
+    return finish(y, x, N);
+  }
+  if (isa == Isa::Avx512Vnni && M > kSmallM && K < kVnniMinK) {
+    w8a8_int_mm(qp, ldq, rsp, M, K, w, sp, bp, yp);
     return finish(y, x, N);
   }
   const QuantX xq{qp, ldq, qsp, 1, rsp, nullptr};
