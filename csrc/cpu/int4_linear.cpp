@@ -466,12 +466,9 @@ MYQ_TARGET_AVX512 void dequant_avx512(const uint8_t* packed, const float* scales
   }
 }
 
-}  // namespace
-
-bool int4_gemv_supported(int64_t group_size) { return group_size % kInt4Chunk == 0; }
-
+// int4_prepare_x for float32 and bfloat16 x.
 template <typename T>
-void int4_prepare_x(const T* x, int64_t M, int64_t K, int64_t group_size, T* xp, float* xsum) {
+void prepare_x(const T* x, int64_t M, int64_t K, int64_t group_size, T* xp, float* xsum) {
   const int64_t G = K / group_size;
   for (int64_t m = 0; m < M; ++m) {
     const T* xr = x + m * K;
@@ -490,9 +487,19 @@ void int4_prepare_x(const T* x, int64_t M, int64_t K, int64_t group_size, T* xp,
   }
 }
 
-template void int4_prepare_x<float>(const float*, int64_t, int64_t, int64_t, float*, float*);
-template void int4_prepare_x<c10::BFloat16>(const c10::BFloat16*, int64_t, int64_t, int64_t,
-                                            c10::BFloat16*, float*);
+}  // namespace
+
+bool int4_gemv_supported(int64_t group_size) { return group_size % kInt4Chunk == 0; }
+
+void int4_prepare_x(const float* x, int64_t M, int64_t K, int64_t group_size, float* xp,
+                    float* xsum) {
+  prepare_x(x, M, K, group_size, xp, xsum);
+}
+
+void int4_prepare_x(const c10::BFloat16* x, int64_t M, int64_t K, int64_t group_size,
+                    c10::BFloat16* xp, float* xsum) {
+  prepare_x(x, M, K, group_size, xp, xsum);
+}
 
 void int4_gemv_bf16(const c10::BFloat16* xp, const float* xsum, int64_t M, int64_t K,
                     const uint8_t* packed, const float* scales, const float* zeros,

@@ -51,8 +51,10 @@ void int8_dequant(Isa isa, const int8_t* w, int64_t K, int64_t n0, int64_t n1, f
 constexpr int64_t kInt4Chunk = 32;
 bool int4_gemv_supported(int64_t group_size);
 // xp[m*K + ...] = x reordered as above; xsum[m*G + g] = sum of x[m, group g] (float32).
-template <typename T>  // float or c10::BFloat16
-void int4_prepare_x(const T* x, int64_t M, int64_t K, int64_t group_size, T* xp, float* xsum);
+void int4_prepare_x(const float* x, int64_t M, int64_t K, int64_t group_size, float* xp,
+                    float* xsum);
+void int4_prepare_x(const c10::BFloat16* x, int64_t M, int64_t K, int64_t group_size,
+                    c10::BFloat16* xp, float* xsum);
 // y[m*ldy + n] = sum_k x[m, k] * (q[n, k] - zeros[n, g]) * scales[n, g] + bias[n],
 // g = k / group_size; scales and zeros float32 [N, K/group_size]; zeros null means 8.
 // x in natural order, and xp / xsum from int4_prepare_x: AVX2 from kPanelMinM rows reads x
@@ -67,7 +69,7 @@ void int4_gemv(Isa isa, const float* x, const float* xp, const float* xsum, int6
                int64_t group_size, const float* bias, float* y, int64_t ldy, int64_t n0,
                int64_t n1);
 // The same for bfloat16 x on AVX512-BF16 (cpu_has_bf16_gemm): xp and xsum from
-// int4_prepare_x<c10::BFloat16>.
+// int4_prepare_x on bfloat16 x.
 void int4_gemv_bf16(const c10::BFloat16* xp, const float* xsum, int64_t M, int64_t K,
                     const uint8_t* packed, const float* scales, const float* zeros,
                     int64_t group_size, const float* bias, float* y, int64_t ldy, int64_t n0,
