@@ -97,7 +97,7 @@ def test_int4_linear(backend, poisoned_outputs, batch, n, k, group_size, dtype, 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("zero", ["fractional", "beyond int8"])
-@pytest.mark.parametrize("rows", [2, 8])
+@pytest.mark.parametrize("rows", [1, 2, 8])
 def test_int4_linear_zero_points_int8_cannot_hold(backend, poisoned_outputs, dtype, zero, rows):
     """Zero points that are not integers, or that put q - zero outside int8, are valid: the
     AMX-INT8 path (exact int8 q - zero tiles) must hand them to a float path, and the GEMVs
@@ -108,6 +108,41 @@ def test_int4_linear_zero_points_int8_cannot_hold(backend, poisoned_outputs, dty
     x = make_x((rows,), 256, dtype)
     y = myq_kernels.int4_linear(x, packed, scales, zeros, 64)
     assert_linear_close(y, *int4_expected(x, packed, scales, zeros, 64, None), dtype)
+
+
+# One row (int4_gemv_digits on AVX-512 VNNI) and beyond the AMX-INT8 digits' switch (M = 5).
+@pytest.mark.parametrize("rows", [1, 6])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("group_size", [64, 128])
+def test_int4_linear_keeps_small_activations_next_to_outliers(backend, poisoned_outputs, dtype, rows,
+                                                              group_size):
+    """As for int8_linear: rows spanning 2^-20 .. 2^11, and every code 0..15 in the weights, so
+    that too few digits of x, or a digit sum that overflows, would show."""
+    x = (torch.randn(rows, 512) * torch.exp2(torch.randint(-20, 4, (rows, 512)).float())).to(dtype)
+    x[:, 7] = 2048.0
+    packed, scales, zeros = int4_weight(40, 512, group_size, symmetric=False)
+    q = torch.randint(0, 16, (40, 512), dtype=torch.uint8)
+    q[:, :64] = 15
+    packed = myq_kernels.pack_int4(q)
+    scales = scales / 16  # float16 results stay finite
+    y = myq_kernels.int4_linear(x, packed, scales, zeros, group_size)
+    assert_linear_close(y, *int4_expected(x, packed, scales, zeros, group_size, None), dtype)
+
+
+@pytest.mark.parametrize("rows", [1, 6])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_int4_linear_propagates_inf_and_nan(backend, dtype, rows):
+    """inf or NaN in x gives what the float product gives (the digits of x cannot hold them)."""
+    x = torch.randn(rows, 256).to(dtype)
+    x[0, 5] = float("inf")
+    x[-1, 9] = float("nan")
+    packed, scales, zeros = int4_weight(24, 256, 64, symmetric=False)
+    y = myq_kernels.int4_linear(x, packed, scales, zeros, 64).double()
+    expected, magnitude = int4_expected(x, packed, scales, zeros, 64, None)
+    assert torch.equal(y.isnan(), expected.isnan())
+    assert torch.equal(y.isinf(), expected.isinf()) and torch.equal(y.isinf() & (y > 0), expected.isinf() & (expected > 0))
+    finite = expected.isfinite()
+    assert_linear_close(y[finite].to(dtype), expected[finite], magnitude[finite], dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

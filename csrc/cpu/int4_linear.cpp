@@ -161,6 +161,76 @@ MYQ_TARGET_AVX512_BF16 void block_bf16(const uint16_t* x, int64_t K, int64_t gs,
     for (int j = 0; j < kNR; ++j) out[i * kNR + j] = _mm512_reduce_add_ps(acc[i][j]);
 }
 
+// ---------------------------------------------------------------- AVX-512 VNNI, x as digits
+// x as 3 or 4 int8 digits (QuantX, split_digits with int4_chunk = kInt4DigitStep), so the
+// nibbles never become floats: 64 packed bytes are masked into their low and high nibbles as
+// bytes (3 ops), which meet the digits of x's even and odd elements in vpdpbusd (u8 x s8),
+// 2 per digit. Per 128 weights and weight row that is 13 zmm ops for 3 digits and 17 for 4,
+// where block_avx512 takes 24 (the table lookups and FMAs of 4 chunks) and block_bf16 20.
+// Lane l of a step holds weights k + 8l .. k + 8l + 7, so one group's: its partial sums of the
+// digits are combined in int32, the top digit first, each shifted a digit up before the next
+// adds in (|sum of a digit| <= 8 * 15 * 128 per lane: three digits fit in 31 bits, four go
+// as two pairs), converted once per step and scaled by the lane's group scale.
+// kStepInGroup: group_size % kInt4DigitStep == 0, so every step is whole and within one group;
+// otherwise group_size is 32 or 64 and each step holds 4 or 2 groups (the last step may be
+// shorter).
+template <int D, bool kStepInGroup>
+MYQ_TARGET_AVX512 void block_digits(const int8_t* q, int64_t ldq, int64_t K, int64_t gs,
+                                    const uint8_t* const* pr, const float* const* sr,
+                                    float* out) {
+  constexpr int kChains = D == 4 ? 2 : 1;  // chain c holds digits [2c, ...), the top one first
+  const __m512i low4 = _mm512_set1_epi8(15);
+  const __m512i lanes = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  const __m512i lane_group = _mm512_srli_epi32(lanes, gs == 32 ? 2 : 3);  // !kStepInGroup
+  __m512 acc[kChains][kNR];
+  for (int c = 0; c < kChains; ++c)
+    for (int j = 0; j < kNR; ++j) acc[c][j] = _mm512_setzero_ps();
+  const int64_t ahead = prefetch_ahead(kNR * K / 2);
+  const int64_t span = kStepInGroup ? gs : kInt4DigitStep;  // weights per set of scales
+  for (int64_t k0 = 0, g = 0; k0 < K; k0 += span, g += span / gs) {
+    __m512 scale[kNR];
+    for (int j = 0; j < kNR; ++j) {
+      if constexpr (kStepInGroup) {
+        scale[j] = _mm512_set1_ps(sr[j][g]);
+      } else {
+        const __mmask16 groups = __mmask16((1u << (std::min(span, K - k0) / gs)) - 1);
+        scale[j] = _mm512_permutexvar_ps(lane_group, _mm512_maskz_loadu_ps(groups, sr[j] + g));
+      }
+    }
+    for (int64_t k = k0; k < std::min(K, k0 + span); k += kInt4DigitStep) {
+      const int64_t half = kStepInGroup ? 64 : std::min(kInt4DigitStep, K - k) / 2;  // bytes
+      const __mmask64 bytes = half == 64 ? ~__mmask64(0) : (__mmask64(1) << half) - 1;
+      auto load = [&](const void* p) MYQ_TARGET_AVX512 {
+        return kStepInGroup ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi8(bytes, p);
+      };
+      __m512i x_even[D], x_odd[D];
+      for (int d = 0; d < D; ++d) {
+        x_even[d] = load(q + d * ldq + k);
+        x_odd[d] = load(q + d * ldq + k + half);
+      }
+      for (int j = 0; j < kNR; ++j) {
+        prefetch_to_l2(pr[j] + k / 2 + ahead);
+        const __m512i v = load(pr[j] + k / 2);
+        const __m512i lo = _mm512_and_si512(v, low4);
+        const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
+        for (int c = 0; c < kChains; ++c) {
+          __m512i t = _mm512_setzero_si512();
+          for (int d = std::min(D, 2 * c + (D == 4 ? 2 : 3)) - 1; d >= 2 * c; --d) {
+            t = dpbusd(dpbusd(t, lo, x_even[d]), hi, x_odd[d]);
+            if (d > 2 * c) t = _mm512_slli_epi32(t, 8);
+          }
+          acc[c][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), scale[j], acc[c][j]);
+        }
+      }
+    }
+  }
+  for (int j = 0; j < kNR; ++j) {
+    __m512 v = acc[0][j];
+    if constexpr (kChains == 2) v = _mm512_fmadd_ps(acc[1][j], _mm512_set1_ps(65536.f), v);
+    out[j] = _mm512_reduce_add_ps(v);
+  }
+}
+
 // ---------------------------------------------------------------- AVX2
 // Weights are prefetched kPrefetchBlocks row blocks ahead in address order
 // (prefetch_block_lines), for every M. 4096^2 M=1 cold, alternating processes: no prefetch
@@ -300,6 +370,40 @@ void gemv_vector(const X* xp, const float* xsum, int64_t M, int64_t K,
                                    : finish(dot, xsum + (m + i) * G, scales + n * G,
                                             zeros ? zeros + n * G : nullptr, G, bias, n);
           }
+      }
+    }
+  }
+}
+
+// block_digits over columns [n0, n1), each row of x in turn over a block of kColumns weight
+// rows (in L2 for the rows after the first).
+template <int D>
+void gemv_digits(const QuantX& x, const float* xsum, int64_t M, int64_t K,
+                 const uint8_t* packed, const float* scales, const float* zeros, int64_t gs,
+                 const float* bias, float* y, int64_t ldy, int64_t n0, int64_t n1) {
+  const int64_t G = K / gs;
+  float out[kNR];
+  for (int64_t nc = n0; nc < n1; nc += kColumns) {
+    const int64_t nc1 = std::min(n1, nc + kColumns);
+    for (int64_t m = 0; m < M; ++m) {
+      const int8_t* q = x.q + q_row(D, m) * x.ldq;
+      const float unit = static_cast<float>(x.unit[m]);
+      for (int64_t nb = nc; nb < nc1; nb += kNR) {
+        const int nr = static_cast<int>(std::min<int64_t>(kNR, nc1 - nb));
+        const uint8_t* pr[kNR];
+        const float* sr[kNR];
+        for (int j = 0; j < kNR; ++j) {
+          const int64_t n = nb + std::min(j, nr - 1);  // pad: repeat the last row
+          pr[j] = packed + n * (K / 2);
+          sr[j] = scales + n * G;
+        }
+        if (gs % kInt4DigitStep == 0) block_digits<D, true>(q, x.ldq, K, gs, pr, sr, out);
+        else block_digits<D, false>(q, x.ldq, K, gs, pr, sr, out);
+        for (int j = 0; j < nr; ++j) {
+          const int64_t n = nb + j;
+          y[m * ldy + n] = finish(out[j] * unit, xsum + m * G, scales + n * G,
+                                  zeros ? zeros + n * G : nullptr, G, bias, n);
+        }
       }
     }
   }
@@ -466,10 +570,21 @@ MYQ_TARGET_AVX512 void dequant_avx512(const uint8_t* packed, const float* scales
   }
 }
 
+template <typename T>
+void group_sums(const T* x, int64_t M, int64_t K, int64_t group_size, float* xsum) {
+  const int64_t G = K / group_size;
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t g = 0; g < G; ++g) {
+      float s = 0.f;
+      for (int64_t k = g * group_size; k < (g + 1) * group_size; ++k)
+        s += static_cast<float>(x[m * K + k]);
+      xsum[m * G + g] = s;
+    }
+}
+
 // int4_prepare_x for float32 and bfloat16 x.
 template <typename T>
 void prepare_x(const T* x, int64_t M, int64_t K, int64_t group_size, T* xp, float* xsum) {
-  const int64_t G = K / group_size;
   for (int64_t m = 0; m < M; ++m) {
     const T* xr = x + m * K;
     T* pr = xp + m * K;
@@ -478,13 +593,8 @@ void prepare_x(const T* x, int64_t M, int64_t K, int64_t group_size, T* xp, floa
         pr[c + b] = xr[c + 2 * b];
         pr[c + 16 + b] = xr[c + 2 * b + 1];
       }
-    for (int64_t g = 0; g < G; ++g) {
-      float s = 0.f;
-      for (int64_t k = g * group_size; k < (g + 1) * group_size; ++k)
-        s += static_cast<float>(xr[k]);
-      xsum[m * G + g] = s;
-    }
   }
+  group_sums(x, M, K, group_size, xsum);
 }
 
 }  // namespace
@@ -500,6 +610,29 @@ void int4_prepare_x(const c10::BFloat16* x, int64_t M, int64_t K, int64_t group_
                     c10::BFloat16* xp, float* xsum) {
   prepare_x(x, M, K, group_size, xp, xsum);
 }
+
+bool int4_gemv_digits_supported(int64_t group_size) {
+  return group_size == 32 || group_size == 64 || group_size % kInt4DigitStep == 0;
+}
+
+void int4_gemv_digits(const QuantX& x, const float* xsum, int64_t M, int64_t K,
+                      const uint8_t* packed, const float* scales, const float* zeros,
+                      int64_t group_size, const float* bias, float* y, int64_t ldy, int64_t n0,
+                      int64_t n1) {
+  if (x.digits == 4)
+    gemv_digits<4>(x, xsum, M, K, packed, scales, zeros, group_size, bias, y, ldy, n0, n1);
+  else
+    gemv_digits<3>(x, xsum, M, K, packed, scales, zeros, group_size, bias, y, ldy, n0, n1);
+}
+
+template <typename T>
+void int4_group_sums(const T* x, int64_t M, int64_t K, int64_t group_size, float* xsum) {
+  group_sums(x, M, K, group_size, xsum);
+}
+template void int4_group_sums<float>(const float*, int64_t, int64_t, int64_t, float*);
+template void int4_group_sums<c10::BFloat16>(const c10::BFloat16*, int64_t, int64_t, int64_t,
+                                             float*);
+template void int4_group_sums<c10::Half>(const c10::Half*, int64_t, int64_t, int64_t, float*);
 
 void int4_gemv_bf16(const c10::BFloat16* xp, const float* xsum, int64_t M, int64_t K,
                     const uint8_t* packed, const float* scales, const float* zeros,

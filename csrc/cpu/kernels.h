@@ -115,11 +115,28 @@ template <typename T>
 void quantize_rows(Isa isa, const T* x, int64_t K, int8_t* q, int64_t ldq, float* rs,
                    int32_t* qsum, int64_t m0, int64_t m1);
 // The digits of x rows [m0, m1) into q, unit and qsum as QuantX describes (AVX-512 only);
-// int4_order: k reordered in chunks of kInt4Chunk as int4_prepare_x does (K % 32 == 0).
+// int4_chunk 0: natural k order; else (K % 32 == 0) k reordered in chunks of int4_chunk
+// (the last one may be shorter), each holding its even elements then its odd ones, the
+// order in which the low and high nibbles of its packed bytes meet them: kInt4Chunk for the
+// AMX kernel (as int4_prepare_x), kInt4DigitStep for int4_gemv_digits.
 // Returns false, leaving the rows partly written, if a row holds inf or NaN.
 template <typename T>
-bool split_digits(const T* x, int64_t K, int digits, bool int4_order, int8_t* q,
+bool split_digits(const T* x, int64_t K, int digits, int64_t int4_chunk, int8_t* q,
                   int64_t ldq, double* unit, int32_t* qsum, int64_t m0, int64_t m1);
+// W4A16 with x as digits on AVX-512 VNNI (int4_linear.cpp): x from split_digits with
+// int4_chunk = kInt4DigitStep (3 or 4 digits), xsum[m*G + g] = the sum of x[m, group g]
+// (int4_group_sums); otherwise as int4_gemv, for rows of x [0, M). Needs
+// int4_gemv_digits_supported(group_size): each step of 128 weights within one group, or
+// whole groups of 32 or 64.
+constexpr int64_t kInt4DigitStep = 128;
+bool int4_gemv_digits_supported(int64_t group_size);
+void int4_gemv_digits(const QuantX& x, const float* xsum, int64_t M, int64_t K,
+                      const uint8_t* packed, const float* scales, const float* zeros,
+                      int64_t group_size, const float* bias, float* y, int64_t ldy, int64_t n0,
+                      int64_t n1);
+template <typename T>  // float, c10::BFloat16 or c10::Half
+void int4_group_sums(const T* x, int64_t M, int64_t K, int64_t group_size, float* xsum);
+
 // y[m*ldy + n] = (x's int32 sums, combined per row of x) * scale[n] + bias[n], for rows of x
 // m in [m0, m1), n in [n0, n1). W8A8 rounds as the reference: float(sum) * rs[m] * scale[n].
 // AVX2 and scalar take digits == 1 only.
@@ -141,7 +158,7 @@ void int8_gemm_amx(const int8_t* qp, const QuantX& x, int64_t K, const int8_t* w
                    int64_t m0, int64_t m1, int64_t n0, int64_t n1);
 
 // ---- W4A16 on AMX-INT8 (int4_linear_amx.cpp) -----------------------------------------
-// x as digits in int4 order (split_digits with int4_order, packed as for int8_gemm_amx);
+// x as digits in int4 order (split_digits with int4_chunk = kInt4Chunk, packed as for int8_gemm_amx);
 // zeros int8 [N, K / group_size] integers with q - zero in int8 (null: 8); group_size % 64 == 0.
 // y[m*ldy + n] = sum_k x[m, k] * (q[n, k] - zeros[n, g]) * scales[n, g] + bias[n] for rows of
 // x [m0, m1) (m0 a multiple of x_rows_per_block(digits)) and columns [n0, n1).

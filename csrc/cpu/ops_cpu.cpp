@@ -476,7 +476,7 @@ struct DigitX {
 };
 
 // Empty when x holds inf or NaN: the caller then runs a float path, which propagates them.
-std::optional<DigitX> split_x(const at::Tensor& x2, bool int4_order) {
+std::optional<DigitX> split_x(const at::Tensor& x2, int64_t int4_chunk) {
   const int64_t M = x2.size(0), K = x2.size(1);
   const int digits = x2.scalar_type() == at::kFloat ? 4 : 3;
   const at::Tensor xc = x2.contiguous();
@@ -489,7 +489,7 @@ std::optional<DigitX> split_x(const at::Tensor& x2, bool int4_order) {
   std::atomic<bool> finite{true};
   with_x_data(xc, [&](const auto* xp) {
     at::parallel_for(0, M, std::max<int64_t>(1, kMinWorkPerThread / K), [&](int64_t m0, int64_t m1) {
-      if (!split_digits(xp, K, digits, int4_order, q, ldq,
+      if (!split_digits(xp, K, digits, int4_chunk, q, ldq,
                         d.unit.mutable_data_ptr<double>(), d.qsum.mutable_data_ptr<int32_t>(), m0,
                         m1))
         finite = false;
@@ -520,6 +520,15 @@ bool use_int4_digits(Isa isa, const at::Tensor& x, int64_t M, int64_t K, int64_t
   return isa == Isa::Avx512Amx && group_size % kAmxK == 0 && K <= kDigitsMaxK &&
          M >= kInt4DigitsMinM &&
          (t == at::kFloat || (t == at::kHalf && M <= kInt4DigitsMaxMFloat16));
+}
+
+// int4_linear's GEMV with x as int8 digits on AVX-512 VNNI (int4_gemv_digits) up to here.
+constexpr int64_t kInt4DigitsGemvMaxM = 1;
+
+bool use_int4_gemv_digits(Isa vec, int64_t M, int64_t group_size) {
+  const char* ab = std::getenv("MYQ_AB");  // TEMPORARY A/B toggle
+  const int64_t max_m = ab ? std::atoi(ab) : kInt4DigitsGemvMaxM;
+  return vec == Isa::Avx512Vnni && M <= max_m && int4_gemv_digits_supported(group_size);
 }
 
 // The zero points as int8 for the AMX-INT8 int4 path (undefined: symmetric, zero 8), or
@@ -576,7 +585,7 @@ at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& weight,
   float* yp = y.mutable_data_ptr<float>();
   const int8_t* wp = w.const_data_ptr<int8_t>();
   const std::optional<DigitX> digits =
-      use_digits(isa, x, M, K, N) ? split_x(x2, /*int4_order=*/false) : std::nullopt;
+      use_digits(isa, x, M, K, N) ? split_x(x2, /*int4_chunk=*/0) : std::nullopt;
   if (digits) {
     int8_product(isa, digits->view, M, K, N, /*amx_min_m=*/1, wp, sp, bp, yp);
   } else if (use_bf16_kernel(isa, K, M, kAmxMinM,
@@ -684,7 +693,10 @@ at::Tensor int4_linear_cpu(const at::Tensor& x, const at::Tensor& packed,
   const int64_t amx_min_m = x.scalar_type() == at::kBFloat16 ? kAmxMinMInt4 : kAmxMinMInt4Float;
   const std::optional<at::Tensor> zeros8 =
       use_int4_digits(isa, x, M, K, group_size) ? int8_zeros(z) : std::nullopt;
-  const std::optional<DigitX> digits = zeros8 ? split_x(x2, /*int4_order=*/true) : std::nullopt;
+  const std::optional<DigitX> digits = zeros8 ? split_x(x2, kInt4Chunk) : std::nullopt;
+  const std::optional<DigitX> gemv_digits =
+      !digits && use_int4_gemv_digits(vec, M, group_size) ? split_x(x2, kInt4DigitStep)
+                                                          : std::nullopt;
   if (digits) {
     const int8_t* qpp = amx_pack_q(digits->view, M, K);
     const int8_t* zp8 = ptr_or_null<int8_t>(*zeros8);
@@ -698,6 +710,15 @@ at::Tensor int4_linear_cpu(const at::Tensor& x, const at::Tensor& packed,
                              /*dots=*/M > gemv_max_m(vec, x, N, K, /*int4=*/true))) {
     bf16_grid(x2, N, [&](const XPlanes& xp, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
       int4_linear_bf16(isa, xp, K, pp, sp, zp, group_size, bp, yp, N, M, N, m0, m1, n0, n1);
+    });
+  } else if (gemv_digits) {
+    at::Tensor xsum = at::empty({M, G}, x.options().dtype(at::kFloat));
+    with_x_data(x2.contiguous(), [&](const auto* xp) {
+      int4_group_sums(xp, M, K, group_size, xsum.mutable_data_ptr<float>());
+    });
+    parallel_cols(N, M * K, [&](int64_t n0, int64_t n1) {
+      int4_gemv_digits(gemv_digits->view, xsum.const_data_ptr<float>(), M, K, pp, sp, zp,
+                       group_size, bp, yp, N, n0, n1);
     });
   } else if (M <= kInt4Bf16GemvMaxM && int4_gemv_supported(group_size) && bf16_tiles(x) &&
              vec == Isa::Avx512Vnni) {

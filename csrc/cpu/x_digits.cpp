@@ -10,6 +10,7 @@
 // every weight byte to float or bfloat16 costs about 1 ms per 4096 x 4096 matrix here.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -20,7 +21,7 @@ namespace myq {
 namespace {
 
 template <typename T>
-MYQ_TARGET_AVX512 bool split_row(const T* x, int64_t K, int digits, bool int4_order,
+MYQ_TARGET_AVX512 bool split_row(const T* x, int64_t K, int digits, int64_t int4_chunk,
                                  int8_t* q, int64_t ldq, double* unit, int32_t* qsum) {
   __m512 vmax = _mm512_setzero_ps();
   __mmask16 special = 0;  // lanes that met inf or NaN
@@ -50,13 +51,17 @@ MYQ_TARGET_AVX512 bool split_row(const T* x, int64_t K, int digits, bool int4_or
       X = _mm512_srai_epi32(_mm512_sub_epi32(X, digit), 8);
     }
   };
-  if (int4_order) {  // K % 32 == 0 == ldq - K
+  if (int4_chunk) {  // K % 32 == 0; the pad [K, ldq) is never read
     const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
     const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
-    for (int64_t k = 0; k < K; k += kInt4Chunk) {
-      const __m512 a = load_x16(x + k, 0xFFFF), b = load_x16(x + k + 16, 0xFFFF);
-      put(_mm512_permutex2var_ps(a, even, b), k);
-      put(_mm512_permutex2var_ps(a, odd, b), k + 16);
+    for (int64_t c = 0; c < K; c += int4_chunk) {
+      const int64_t half = std::min(int4_chunk, K - c) / 2;
+      for (int64_t k = c; k < c + 2 * half; k += kInt4Chunk) {
+        const __m512 a = load_x16(x + k, 0xFFFF), b = load_x16(x + k + 16, 0xFFFF);
+        const int64_t at = c + (k - c) / 2;
+        put(_mm512_permutex2var_ps(a, even, b), at);
+        put(_mm512_permutex2var_ps(a, odd, b), at + half);
+      }
     }
   } else {
     for (int64_t k = 0; k < ldq; k += 16) {
@@ -73,12 +78,12 @@ MYQ_TARGET_AVX512 bool split_row(const T* x, int64_t K, int digits, bool int4_or
 }  // namespace
 
 template <typename T>
-bool split_digits(const T* x, int64_t K, int digits, bool int4_order, int8_t* q, int64_t ldq,
+bool split_digits(const T* x, int64_t K, int digits, int64_t int4_chunk, int8_t* q, int64_t ldq,
                   double* unit, int32_t* qsum, int64_t m0, int64_t m1) {
   const int64_t per_block = x_rows_per_block(digits);
   for (int64_t m = m0; m < m1; ++m) {
     const int64_t r = q_row(digits, m);
-    if (!split_row(x + m * K, K, digits, int4_order, q + r * ldq, ldq, unit + m, qsum + r))
+    if (!split_row(x + m * K, K, digits, int4_chunk, q + r * ldq, ldq, unit + m, qsum + r))
       return false;
     // The AMX kernel reads a block's spare rows (32 % digits of them) as B-tile columns whose
     // sums it ignores; zero keeps them defined.
@@ -89,11 +94,11 @@ bool split_digits(const T* x, int64_t K, int digits, bool int4_order, int8_t* q,
   return true;
 }
 
-template bool split_digits<float>(const float*, int64_t, int, bool, int8_t*, int64_t, double*,
+template bool split_digits<float>(const float*, int64_t, int, int64_t, int8_t*, int64_t, double*,
                                   int32_t*, int64_t, int64_t);
-template bool split_digits<c10::BFloat16>(const c10::BFloat16*, int64_t, int, bool, int8_t*,
+template bool split_digits<c10::BFloat16>(const c10::BFloat16*, int64_t, int, int64_t, int8_t*,
                                           int64_t, double*, int32_t*, int64_t, int64_t);
-template bool split_digits<c10::Half>(const c10::Half*, int64_t, int, bool, int8_t*, int64_t,
+template bool split_digits<c10::Half>(const c10::Half*, int64_t, int, int64_t, int8_t*, int64_t,
                                       double*, int32_t*, int64_t, int64_t);
 
 }  // namespace myq
