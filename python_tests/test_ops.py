@@ -113,7 +113,7 @@ def test_int4_linear_zero_points_int8_cannot_hold(backend, poisoned_outputs, dty
 # One row (int4_gemv_digits on AVX-512 VNNI) and beyond the AMX-INT8 digits' switch (M = 5).
 @pytest.mark.parametrize("rows", [1, 6])
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("group_size", [64, 128])
+@pytest.mark.parametrize("group_size", [64, 128])  # the float GEMV | the digits at M = 1
 def test_int4_linear_keeps_small_activations_next_to_outliers(backend, poisoned_outputs, dtype, rows,
                                                               group_size):
     """As for int8_linear: rows spanning 2^-20 .. 2^11, and every code 0..15 in the weights, so

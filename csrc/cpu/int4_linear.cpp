@@ -9,7 +9,8 @@
 // the group scale; AVX2 with more rows scales the widened weights instead (block_avx2). The
 // zero point enters once at the end as sum_g scale*zero*sum(x in group). AVX2 from
 // kPanelMinM rows dequantizes each column block once into a float32 panel instead
-// (gemv_panel_avx2).
+// (gemv_panel_avx2). One row of x on AVX-512 VNNI comes as int8 digits instead
+// (block_digits), which meet the nibbles as bytes in vpdpbusd.
 // Large M: int4_dequant fills a float32 / bfloat16 tile for at::mm in the binding.
 #include <immintrin.h>
 
@@ -37,6 +38,22 @@ inline float finish(float dot, const float* xsum_row, const float* scales_row,
   for (int64_t g = 0; g < G; ++g)
     corr += scales_row[g] * (zeros_row ? zeros_row[g] : kSymmetricZero) * xsum_row[g];
   return dot - corr + (bias ? bias[n] : 0.f);
+}
+
+// finish() in AVX-512, 16 groups at a time: a GEMV block's own work per output is ~17 zmm
+// ops per 128 weights, and the scalar sum (a chain of G dependent FMAs) weighed on it.
+MYQ_TARGET_AVX512 float finish_avx512(float dot, const float* xsum_row, const float* scales_row,
+                                      const float* zeros_row, int64_t G, const float* bias,
+                                      int64_t n) {
+  __m512 corr = _mm512_setzero_ps();
+  for (int64_t g = 0; g < G; g += 16) {
+    const __mmask16 mask = G - g >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (G - g)) - 1);
+    const __m512 zero = zeros_row ? _mm512_maskz_loadu_ps(mask, zeros_row + g)
+                                  : _mm512_set1_ps(kSymmetricZero);
+    corr = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(mask, scales_row + g), zero),
+                           _mm512_maskz_loadu_ps(mask, xsum_row + g), corr);
+  }
+  return dot - _mm512_reduce_add_ps(corr) + (bias ? bias[n] : 0.f);
 }
 
 // ---------------------------------------------------------------- scalar
@@ -167,50 +184,32 @@ MYQ_TARGET_AVX512_BF16 void block_bf16(const uint16_t* x, int64_t K, int64_t gs,
 // bytes (3 ops), which meet the digits of x's even and odd elements in vpdpbusd (u8 x s8),
 // 2 per digit. Per 128 weights and weight row that is 13 zmm ops for 3 digits and 17 for 4,
 // where block_avx512 takes 24 (the table lookups and FMAs of 4 chunks) and block_bf16 20.
-// Lane l of a step holds weights k + 8l .. k + 8l + 7, so one group's: its partial sums of the
+// A step of 128 weights lies within one group (group_size % 128 == 0): its partial sums of the
 // digits are combined in int32, the top digit first, each shifted a digit up before the next
 // adds in (|sum of a digit| <= 8 * 15 * 128 per lane: three digits fit in 31 bits, four go
-// as two pairs), converted once per step and scaled by the lane's group scale.
-// kStepInGroup: group_size % kInt4DigitStep == 0, so every step is whole and within one group;
-// otherwise group_size is 32 or 64 and each step holds 4 or 2 groups (the last step may be
-// shorter).
-template <int D, bool kStepInGroup>
+// as two pairs), converted once per step and scaled by the group scale.
+template <int D>
 MYQ_TARGET_AVX512 void block_digits(const int8_t* q, int64_t ldq, int64_t K, int64_t gs,
                                     const uint8_t* const* pr, const float* const* sr,
                                     float* out) {
   constexpr int kChains = D == 4 ? 2 : 1;  // chain c holds digits [2c, ...), the top one first
   const __m512i low4 = _mm512_set1_epi8(15);
-  const __m512i lanes = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-  const __m512i lane_group = _mm512_srli_epi32(lanes, gs == 32 ? 2 : 3);  // !kStepInGroup
   __m512 acc[kChains][kNR];
   for (int c = 0; c < kChains; ++c)
     for (int j = 0; j < kNR; ++j) acc[c][j] = _mm512_setzero_ps();
   const int64_t ahead = prefetch_ahead(kNR * K / 2);
-  const int64_t span = kStepInGroup ? gs : kInt4DigitStep;  // weights per set of scales
-  for (int64_t k0 = 0, g = 0; k0 < K; k0 += span, g += span / gs) {
+  for (int64_t k0 = 0, g = 0; k0 < K; k0 += gs, ++g) {
     __m512 scale[kNR];
-    for (int j = 0; j < kNR; ++j) {
-      if constexpr (kStepInGroup) {
-        scale[j] = _mm512_set1_ps(sr[j][g]);
-      } else {
-        const __mmask16 groups = __mmask16((1u << (std::min(span, K - k0) / gs)) - 1);
-        scale[j] = _mm512_permutexvar_ps(lane_group, _mm512_maskz_loadu_ps(groups, sr[j] + g));
-      }
-    }
-    for (int64_t k = k0; k < std::min(K, k0 + span); k += kInt4DigitStep) {
-      const int64_t half = kStepInGroup ? 64 : std::min(kInt4DigitStep, K - k) / 2;  // bytes
-      const __mmask64 bytes = half == 64 ? ~__mmask64(0) : (__mmask64(1) << half) - 1;
-      auto load = [&](const void* p) MYQ_TARGET_AVX512 {
-        return kStepInGroup ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi8(bytes, p);
-      };
+    for (int j = 0; j < kNR; ++j) scale[j] = _mm512_set1_ps(sr[j][g]);
+    for (int64_t k = k0; k < k0 + gs; k += kInt4DigitStep) {
       __m512i x_even[D], x_odd[D];
       for (int d = 0; d < D; ++d) {
-        x_even[d] = load(q + d * ldq + k);
-        x_odd[d] = load(q + d * ldq + k + half);
+        x_even[d] = _mm512_loadu_si512(q + d * ldq + k);
+        x_odd[d] = _mm512_loadu_si512(q + d * ldq + k + kInt4DigitStep / 2);
       }
       for (int j = 0; j < kNR; ++j) {
         prefetch_to_l2(pr[j] + k / 2 + ahead);
-        const __m512i v = load(pr[j] + k / 2);
+        const __m512i v = _mm512_loadu_si512(pr[j] + k / 2);
         const __m512i lo = _mm512_and_si512(v, low4);
         const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
         for (int c = 0; c < kChains; ++c) {
@@ -367,8 +366,11 @@ void gemv_vector(const X* xp, const float* xsum, int64_t M, int64_t K,
             // AVX-512's tables fold the zero point in; the partial sums subtract it here.
             y[(m + i) * ldy + n] =
                 P == Gemv::kAvx512 ? dot + (bias ? bias[n] : 0.f)
-                                   : finish(dot, xsum + (m + i) * G, scales + n * G,
-                                            zeros ? zeros + n * G : nullptr, G, bias, n);
+                : P == Gemv::kAvx512Bf16
+                    ? finish_avx512(dot, xsum + (m + i) * G, scales + n * G,
+                                    zeros ? zeros + n * G : nullptr, G, bias, n)
+                    : finish(dot, xsum + (m + i) * G, scales + n * G,
+                             zeros ? zeros + n * G : nullptr, G, bias, n);
           }
       }
     }
@@ -397,11 +399,10 @@ void gemv_digits(const QuantX& x, const float* xsum, int64_t M, int64_t K,
           pr[j] = packed + n * (K / 2);
           sr[j] = scales + n * G;
         }
-        if (gs % kInt4DigitStep == 0) block_digits<D, true>(q, x.ldq, K, gs, pr, sr, out);
-        else block_digits<D, false>(q, x.ldq, K, gs, pr, sr, out);
+        block_digits<D>(q, x.ldq, K, gs, pr, sr, out);
         for (int j = 0; j < nr; ++j) {
           const int64_t n = nb + j;
-          y[m * ldy + n] = finish(out[j] * unit, xsum + m * G, scales + n * G,
+          y[m * ldy + n] = finish_avx512(out[j] * unit, xsum + m * G, scales + n * G,
                                   zeros ? zeros + n * G : nullptr, G, bias, n);
         }
       }
@@ -612,7 +613,7 @@ void int4_prepare_x(const c10::BFloat16* x, int64_t M, int64_t K, int64_t group_
 }
 
 bool int4_gemv_digits_supported(int64_t group_size) {
-  return group_size == 32 || group_size == 64 || group_size % kInt4DigitStep == 0;
+  return group_size % kInt4DigitStep == 0;
 }
 
 void int4_gemv_digits(const QuantX& x, const float* xsum, int64_t M, int64_t K,

@@ -5,8 +5,9 @@
 // Strategy per op, by the number of activation rows M = x.numel() / K:
 //   int8_linear, int4_linear  M <= gemv_max_m (32; 64-128 on AVX2; int4 with float32 x on
 //                             AVX-512: every M): stream the weights (gemv kernels), threads
-//                             split the output columns N. int4 with bfloat16 x on AVX512-BF16,
-//                             M <= 2: its own vdpbf16ps GEMV.
+//                             split the output columns N. int4 on AVX-512 VNNI, M = 1,
+//                             group_size % 128 == 0: x as int8 digits (int4_gemv_digits);
+//                             with bfloat16 x on AVX512-BF16, M <= 2: its own vdpbf16ps GEMV.
 //                             Larger M: dequantize the weights into float32 (int4 only:
 //                             bfloat16 when x is bfloat16 and the CPU has bfloat16 hardware,
 //                             see bf16_tiles) for MKL / oneDNN (tiled_mm): whole, in one
@@ -522,13 +523,19 @@ bool use_int4_digits(Isa isa, const at::Tensor& x, int64_t M, int64_t K, int64_t
          (t == at::kFloat || (t == at::kHalf && M <= kInt4DigitsMaxMFloat16));
 }
 
-// int4_linear's GEMV with x as int8 digits on AVX-512 VNNI (int4_gemv_digits) up to here.
+// int4_linear with one row of x on AVX-512 VNNI: x as int8 digits (int4_gemv_digits), so the
+// nibbles meet x in vpdpbusd without being widened to floats (17 zmm ops per 128 weights and
+// row instead of 24). Zen 4, g128, cold, digits / float GEMV time in turns (bfloat16 x: its
+// vdpbf16ps GEMV): 4096^2 float32 x 0.74-0.78, bfloat16 0.77-0.85 (hot 0.76-0.80 / 0.79-0.84);
+// 4096x11008 0.74 / 0.76, 11008x4096 0.89 / 0.88, 3072x768 0.91 / 0.94, 576x1536 1.03 / 0.96.
+// With two rows the unpacking is no longer shared: M = 2 1.2x slower, M = 4 1.3-1.6x.
+// Group sizes below 128 (two or four groups per 128-wide step) measured no faster: 4096^2 g64
+// 0.97 / 1.16, 1536x576 g64 1.1-1.2.
 constexpr int64_t kInt4DigitsGemvMaxM = 1;
 
 bool use_int4_gemv_digits(Isa vec, int64_t M, int64_t group_size) {
-  const char* ab = std::getenv("MYQ_AB");  // TEMPORARY A/B toggle
-  const int64_t max_m = ab ? std::atoi(ab) : kInt4DigitsGemvMaxM;
-  return vec == Isa::Avx512Vnni && M <= max_m && int4_gemv_digits_supported(group_size);
+  return vec == Isa::Avx512Vnni && M <= kInt4DigitsGemvMaxM &&
+         int4_gemv_digits_supported(group_size);
 }
 
 // The zero points as int8 for the AMX-INT8 int4 path (undefined: symmetric, zero 8), or
