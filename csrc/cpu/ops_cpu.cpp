@@ -523,6 +523,12 @@ bool use_int4_digits(Isa isa, const at::Tensor& x, int64_t M, int64_t K, int64_t
          (t == at::kFloat || (t == at::kHalf && M <= kInt4DigitsMaxMFloat16));
 }
 
+// Whether every element of a float32 tensor (contiguous) is finite.
+bool all_finite(const at::Tensor& t) {
+  const float* p = t.const_data_ptr<float>();
+  return std::all_of(p, p + t.numel(), [](float v) { return std::isfinite(v); });
+}
+
 // int4_linear with one row of x on AVX-512 VNNI: x as int8 digits (int4_gemv_digits), so the
 // nibbles meet x in vpdpbusd without being widened to floats (17 zmm ops per 128 weights and
 // row instead of 24). Zen 4, g128, cold, digits / float GEMV time in turns (bfloat16 x: its
@@ -704,6 +710,19 @@ at::Tensor int4_linear_cpu(const at::Tensor& x, const at::Tensor& packed,
   const std::optional<DigitX> gemv_digits =
       !digits && use_int4_gemv_digits(vec, M, group_size) ? split_x(x2, kInt4DigitStep)
                                                           : std::nullopt;
+  // Dequantized tiles for at::mm: large M, and x holding inf or NaN where a GEMV would take
+  // the zero points off at the end (sum of x * scale * zero), which turns an inf into NaN.
+  auto int4_tiles = [&] {
+    if (bf16_tiles(x)) {
+      tiled_mm<c10::BFloat16>(x2.contiguous(), N, [&](int64_t n0, int64_t n1, c10::BFloat16* tile) {
+        int4_dequant<c10::BFloat16>(vec, pp, sp, zp, group_size, K, n0, n1, tile);
+      }, nullptr, bp, yp);
+    } else {
+      tiled_mm<float>(x2.to(at::kFloat).contiguous(), N, [&](int64_t n0, int64_t n1, float* tile) {
+        int4_dequant<float>(vec, pp, sp, zp, group_size, K, n0, n1, tile);
+      }, nullptr, bp, yp);
+    }
+  };
   if (digits) {
     const int8_t* qpp = amx_pack_q(digits->view, M, K);
     const int8_t* zp8 = ptr_or_null<int8_t>(*zeros8);
@@ -734,6 +753,10 @@ at::Tensor int4_linear_cpu(const at::Tensor& x, const at::Tensor& packed,
     at::Tensor xsum = at::empty({M, G}, xc.options().dtype(at::kFloat));
     int4_prepare_x(xc.const_data_ptr<c10::BFloat16>(), M, K, group_size,
                    xp.mutable_data_ptr<c10::BFloat16>(), xsum.mutable_data_ptr<float>());
+    if (!all_finite(xsum)) {
+      int4_tiles();
+      return finish(y, x, N);
+    }
     parallel_cols(N, M * K, [&](int64_t n0, int64_t n1) {
       int4_gemv_bf16(xp.const_data_ptr<c10::BFloat16>(), xsum.const_data_ptr<float>(), M, K, pp,
                      sp, zp, group_size, bp, yp, N, n0, n1);
@@ -747,6 +770,10 @@ at::Tensor int4_linear_cpu(const at::Tensor& x, const at::Tensor& packed,
       xsum = at::empty({M, G}, xf.options());
       int4_prepare_x(xfp, M, K, group_size, xp.mutable_data_ptr<float>(),
                      xsum.mutable_data_ptr<float>());
+      if (!all_finite(xsum)) {
+      int4_tiles();
+      return finish(y, x, N);
+    }
     }
     const float* xpp = ptr_or_null<float>(xp);
     const float* xsp = ptr_or_null<float>(xsum);
@@ -759,14 +786,8 @@ at::Tensor int4_linear_cpu(const at::Tensor& x, const at::Tensor& packed,
                   rows, K, pp, sp, zp, group_size, bp, yp + m0 * N, N, n0, n1);
       });
     }
-  } else if (bf16_tiles(x)) {
-    tiled_mm<c10::BFloat16>(x2.contiguous(), N, [&](int64_t n0, int64_t n1, c10::BFloat16* tile) {
-      int4_dequant<c10::BFloat16>(vec, pp, sp, zp, group_size, K, n0, n1, tile);
-    }, nullptr, bp, yp);
   } else {
-    tiled_mm<float>(x2.to(at::kFloat).contiguous(), N, [&](int64_t n0, int64_t n1, float* tile) {
-      int4_dequant<float>(vec, pp, sp, zp, group_size, K, n0, n1, tile);
-    }, nullptr, bp, yp);
+    int4_tiles();
   }
   return finish(y, x, N);
 }
