@@ -46,10 +46,12 @@ LINEAR_SHAPES = [
 # (batch shape, N, K, group_size): K = group for per-channel; groups not a multiple of 16.
 INT4_SHAPES = [
     ((1,), 1, 64, 32),
-    ((1,), 257, 4096, 128),   # one row on AVX-512 VNNI: x as int8 digits (int4_gemv_digits)
-    ((1,), 21, 768, 256),     # ... two of its 128-wide steps per group
-    ((1,), 20, 320, 64),      # ... group sizes it does not take (not a multiple of 128): the
-    ((1,), 9, 192, 96),       # float GEMV
+    ((1,), 257, 4096, 128),
+    ((1,), 511, 4096, 128),   # one row on AVX-512 VNNI: x as int8 digits (int4_gemv_digits) from
+    ((1,), 512, 4096, 128),   # 2^21 weights (511 | 512 rows)
+    ((1,), 2731, 768, 256),   # ... two of its 128-wide steps per group
+    ((1,), 4097, 576, 96),    # ... steps spanning groups, a short last step (576 = 4.5 * 128)
+    ((1,), 8192, 256, 32),    # ... four groups per step
     ((2,), 40, 256, 64),      # bfloat16 x on AVX512-BF16: its own GEMV up to M = 2 (2 | 3)
     ((3,), 7, 96, 32),
     ((2, 3), 17, 256, 64),

@@ -102,7 +102,7 @@ def test_int4_linear_zero_points_int8_cannot_hold(backend, poisoned_outputs, dty
     """Zero points that are not integers, or that put q - zero outside int8, are valid: the
     AMX-INT8 path (exact int8 q - zero tiles) must hand them to a float path, and the GEMVs
     that subtract them at the end (sum of x times scale times zero) must keep them exact."""
-    packed, scales, zeros = int4_weight(40, 256, 64, symmetric=False)
+    packed, scales, zeros = int4_weight(8192, 256, 64, symmetric=False)  # 2^21: the digits at M = 1
     zeros = zeros + 0.25 if zero == "fractional" else zeros + 150.0
     scales = scales / 20  # keeps float16 results finite with zero points near 150
     x = make_x((rows,), 256, dtype)
@@ -113,15 +113,16 @@ def test_int4_linear_zero_points_int8_cannot_hold(backend, poisoned_outputs, dty
 # One row (int4_gemv_digits on AVX-512 VNNI) and beyond the AMX-INT8 digits' switch (M = 5).
 @pytest.mark.parametrize("rows", [1, 6])
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("group_size", [64, 128])  # the float GEMV | the digits at M = 1
+@pytest.mark.parametrize("group_size", [64, 128])
 def test_int4_linear_keeps_small_activations_next_to_outliers(backend, poisoned_outputs, dtype, rows,
                                                               group_size):
     """As for int8_linear: rows spanning 2^-20 .. 2^11, and every code 0..15 in the weights, so
     that too few digits of x, or a digit sum that overflows, would show."""
     x = (torch.randn(rows, 512) * torch.exp2(torch.randint(-20, 4, (rows, 512)).float())).to(dtype)
     x[:, 7] = 2048.0
-    packed, scales, zeros = int4_weight(40, 512, group_size, symmetric=False)
-    q = torch.randint(0, 16, (40, 512), dtype=torch.uint8)
+    n = 4096  # 2^21 weights: the digits at M = 1
+    packed, scales, zeros = int4_weight(n, 512, group_size, symmetric=False)
+    q = torch.randint(0, 16, (n, 512), dtype=torch.uint8)
     q[:, :64] = 15
     packed = myq_kernels.pack_int4(q)
     scales = scales / 16  # float16 results stay finite
@@ -137,7 +138,7 @@ def test_int4_linear_propagates_inf_and_nan(backend, dtype, rows):
     x = torch.randn(rows, 256).to(dtype)
     x[0, 5] = float("inf")
     x[-1, 9] = float("nan")
-    packed, scales, zeros = int4_weight(24, 256, 64, symmetric=False)
+    packed, scales, zeros = int4_weight(8192, 256, 64, symmetric=False)  # 2^21: the digits at M = 1
     y = myq_kernels.int4_linear(x, packed, scales, zeros, 64).double()
     expected, magnitude = int4_expected(x, packed, scales, zeros, 64, None)
     assert torch.equal(y.isnan(), expected.isnan())

@@ -184,32 +184,73 @@ MYQ_TARGET_AVX512_BF16 void block_bf16(const uint16_t* x, int64_t K, int64_t gs,
 // bytes (3 ops), which meet the digits of x's even and odd elements in vpdpbusd (u8 x s8),
 // 2 per digit. Per 128 weights and weight row that is 13 zmm ops for 3 digits and 17 for 4,
 // where block_avx512 takes 24 (the table lookups and FMAs of 4 chunks) and block_bf16 20.
-// A step of 128 weights lies within one group (group_size % 128 == 0): its partial sums of the
-// digits are combined in int32, the top digit first, each shifted a digit up before the next
-// adds in (|sum of a digit| <= 8 * 15 * 128 per lane: three digits fit in 31 bits, four go
-// as two pairs), converted once per step and scaled by the group scale.
-template <int D>
+// Lane l of a step holds weights k + 8l .. k + 8l + 7, all in one group (group_size % 32 == 0):
+// its partial sums of the digits are combined in int32, the top digit first, each shifted a
+// digit up before the next adds in (|sum of a digit| <= 8 * 15 * 128 per lane: three digits
+// fit in 31 bits, four go as two pairs), converted once per step and scaled by the lane's
+// group scale.
+
+// Where the group scales of a step come from, when a step may span groups: the first group
+// it touches, how many (a load mask), and each lane's group relative to the first.
+struct StepGroups {
+  int64_t first;
+  __mmask16 count;
+  int32_t lane[16];
+};
+
+std::vector<StepGroups> step_groups(int64_t K, int64_t gs) {
+  std::vector<StepGroups> steps;
+  for (int64_t k = 0; k < K; k += kInt4DigitStep) {
+    StepGroups s{k / gs, 0, {}};
+    const int64_t lanes = std::min(kInt4DigitStep, K - k) / 8;
+    for (int64_t l = 0; l < 16; ++l) s.lane[l] = l < lanes ? (k + 8 * l) / gs - s.first : 0;
+    s.count = __mmask16((1u << (s.lane[lanes - 1] + 1)) - 1);
+    steps.push_back(s);
+  }
+  return steps;
+}
+
+// kStepInGroup: group_size % kInt4DigitStep == 0, so every step is whole and lies in one group;
+// otherwise `steps` (step_groups) gives each step's scales and the last step may be short.
+template <int D, bool kStepInGroup>
 MYQ_TARGET_AVX512 void block_digits(const int8_t* q, int64_t ldq, int64_t K, int64_t gs,
-                                    const uint8_t* const* pr, const float* const* sr,
-                                    float* out) {
+                                    const StepGroups* steps, const uint8_t* const* pr,
+                                    const float* const* sr, float* out) {
   constexpr int kChains = D == 4 ? 2 : 1;  // chain c holds digits [2c, ...), the top one first
   const __m512i low4 = _mm512_set1_epi8(15);
   __m512 acc[kChains][kNR];
   for (int c = 0; c < kChains; ++c)
     for (int j = 0; j < kNR; ++j) acc[c][j] = _mm512_setzero_ps();
   const int64_t ahead = prefetch_ahead(kNR * K / 2);
-  for (int64_t k0 = 0, g = 0; k0 < K; k0 += gs, ++g) {
+  // Scales change every span of weights: a group, or (spanning groups) a step.
+  const int64_t span = kStepInGroup ? gs : kInt4DigitStep;
+  for (int64_t k0 = 0; k0 < K; k0 += span) {
     __m512 scale[kNR];
-    for (int j = 0; j < kNR; ++j) scale[j] = _mm512_set1_ps(sr[j][g]);
-    for (int64_t k = k0; k < k0 + gs; k += kInt4DigitStep) {
+    for (int j = 0; j < kNR; ++j) {
+      if constexpr (kStepInGroup) {
+        scale[j] = _mm512_set1_ps(sr[j][k0 / gs]);
+      } else {
+        const StepGroups& s = steps[k0 / kInt4DigitStep];
+        scale[j] = _mm512_permutexvar_ps(_mm512_loadu_si512(s.lane),
+                                         _mm512_maskz_loadu_ps(s.count, sr[j] + s.first));
+      }
+    }
+    // One step when steps span groups (the compiler then keeps acc in registers).
+    const int64_t k1 = kStepInGroup ? k0 + span : k0 + 1;
+    for (int64_t k = k0; k < k1; k += kInt4DigitStep) {
+      const int64_t half = kStepInGroup ? 64 : std::min(kInt4DigitStep, K - k) / 2;  // bytes
+      const __mmask64 bytes = _bzhi_u64(~0ull, static_cast<unsigned>(half));  // no branch
+      auto load = [&](const void* p) MYQ_TARGET_AVX512 {
+        return kStepInGroup ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi8(bytes, p);
+      };
       __m512i x_even[D], x_odd[D];
       for (int d = 0; d < D; ++d) {
-        x_even[d] = _mm512_loadu_si512(q + d * ldq + k);
-        x_odd[d] = _mm512_loadu_si512(q + d * ldq + k + kInt4DigitStep / 2);
+        x_even[d] = load(q + d * ldq + k);
+        x_odd[d] = load(q + d * ldq + k + half);
       }
       for (int j = 0; j < kNR; ++j) {
         prefetch_to_l2(pr[j] + k / 2 + ahead);
-        const __m512i v = _mm512_loadu_si512(pr[j] + k / 2);
+        const __m512i v = load(pr[j] + k / 2);
         const __m512i lo = _mm512_and_si512(v, low4);
         const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
         for (int c = 0; c < kChains; ++c) {
@@ -384,6 +425,8 @@ void gemv_digits(const QuantX& x, const float* xsum, int64_t M, int64_t K,
                  const uint8_t* packed, const float* scales, const float* zeros, int64_t gs,
                  const float* bias, float* y, int64_t ldy, int64_t n0, int64_t n1) {
   const int64_t G = K / gs;
+  const bool step_in_group = gs % kInt4DigitStep == 0;
+  const std::vector<StepGroups> steps = step_in_group ? std::vector<StepGroups>() : step_groups(K, gs);
   float out[kNR];
   for (int64_t nc = n0; nc < n1; nc += kColumns) {
     const int64_t nc1 = std::min(n1, nc + kColumns);
@@ -399,7 +442,8 @@ void gemv_digits(const QuantX& x, const float* xsum, int64_t M, int64_t K,
           pr[j] = packed + n * (K / 2);
           sr[j] = scales + n * G;
         }
-        block_digits<D>(q, x.ldq, K, gs, pr, sr, out);
+        if (step_in_group) block_digits<D, true>(q, x.ldq, K, gs, nullptr, pr, sr, out);
+        else block_digits<D, false>(q, x.ldq, K, gs, steps.data(), pr, sr, out);
         for (int j = 0; j < nr; ++j) {
           const int64_t n = nb + j;
           y[m * ldy + n] = finish_avx512(out[j] * unit, xsum + m * G, scales + n * G,
@@ -612,9 +656,7 @@ void int4_prepare_x(const c10::BFloat16* x, int64_t M, int64_t K, int64_t group_
   prepare_x(x, M, K, group_size, xp, xsum);
 }
 
-bool int4_gemv_digits_supported(int64_t group_size) {
-  return group_size % kInt4DigitStep == 0;
-}
+bool int4_gemv_digits_supported(int64_t group_size) { return group_size % kInt4Chunk == 0; }
 
 void int4_gemv_digits(const QuantX& x, const float* xsum, int64_t M, int64_t K,
                       const uint8_t* packed, const float* scales, const float* zeros,

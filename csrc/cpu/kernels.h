@@ -115,10 +115,10 @@ template <typename T>
 void quantize_rows(Isa isa, const T* x, int64_t K, int8_t* q, int64_t ldq, float* rs,
                    int32_t* qsum, int64_t m0, int64_t m1);
 // The digits of x rows [m0, m1) into q, unit and qsum as QuantX describes (AVX-512 only);
-// int4_chunk 0: natural k order; else (K % int4_chunk == 0) k reordered in chunks of
-// int4_chunk, each holding its even elements then its odd ones, the order in which the low
-// and high nibbles of its packed bytes meet them: kInt4Chunk for the AMX kernel (as
-// int4_prepare_x), kInt4DigitStep for int4_gemv_digits.
+// int4_chunk 0: natural k order; else (K % 32 == 0) k reordered in chunks of int4_chunk
+// (the last one may be shorter), each holding its even elements then its odd ones, the
+// order in which the low and high nibbles of its packed bytes meet them: kInt4Chunk for the
+// AMX kernel (as int4_prepare_x), kInt4DigitStep for int4_gemv_digits.
 // Returns false, leaving the rows partly written, if a row holds inf or NaN.
 template <typename T>
 bool split_digits(const T* x, int64_t K, int digits, int64_t int4_chunk, int8_t* q,
@@ -126,7 +126,7 @@ bool split_digits(const T* x, int64_t K, int digits, int64_t int4_chunk, int8_t*
 // W4A16 with x as digits on AVX-512 VNNI (int4_linear.cpp): x from split_digits with
 // int4_chunk = kInt4DigitStep (3 or 4 digits), xsum[m*G + g] = the sum of x[m, group g]
 // (int4_group_sums); otherwise as int4_gemv, for rows of x [0, M). Needs
-// int4_gemv_digits_supported(group_size): group_size % kInt4DigitStep == 0.
+// int4_gemv_digits_supported(group_size): group_size % kInt4Chunk == 0.
 constexpr int64_t kInt4DigitStep = 128;
 bool int4_gemv_digits_supported(int64_t group_size);
 void int4_gemv_digits(const QuantX& x, const float* xsum, int64_t M, int64_t K,

@@ -5,8 +5,8 @@
 // Strategy per op, by the number of activation rows M = x.numel() / K:
 //   int8_linear, int4_linear  M <= gemv_max_m (32; 64-128 on AVX2; int4 with float32 x on
 //                             AVX-512: every M): stream the weights (gemv kernels), threads
-//                             split the output columns N. int4 on AVX-512 VNNI, M = 1,
-//                             group_size % 128 == 0: x as int8 digits (int4_gemv_digits);
+//                             split the output columns N. int4 on AVX-512 VNNI, M = 1, from
+//                             2^21 weights: x as int8 digits (int4_gemv_digits);
 //                             with bfloat16 x on AVX512-BF16, M <= 2: its own vdpbf16ps GEMV.
 //                             Larger M: dequantize the weights into float32 (int4 only:
 //                             bfloat16 when x is bfloat16 and the CPU has bfloat16 hardware,
@@ -531,17 +531,19 @@ bool all_finite(const at::Tensor& t) {
 
 // int4_linear with one row of x on AVX-512 VNNI: x as int8 digits (int4_gemv_digits), so the
 // nibbles meet x in vpdpbusd without being widened to floats (17 zmm ops per 128 weights and
-// row instead of 24). Zen 4, g128, cold, digits / float GEMV time in turns (bfloat16 x: its
-// vdpbf16ps GEMV): 4096^2 float32 x 0.74-0.78, bfloat16 0.77-0.85 (hot 0.76-0.80 / 0.79-0.84);
-// 4096x11008 0.74 / 0.76, 11008x4096 0.89 / 0.88, 3072x768 0.91 / 0.94, 576x1536 1.03 / 0.96.
+// row instead of 24). Zen 4, cold, digits / float GEMV time in turns (bfloat16 x: its
+// vdpbf16ps GEMV), float32 / bfloat16 x: 4096^2 g128 0.72-0.78 / 0.77-0.85 (hot 0.76-0.80 /
+// 0.79-0.84), g64 0.89 / 0.97, g32 0.80 / 0.88; 4096x11008 0.74 / 0.76, 11008x4096 0.89 / 0.88,
+// 3072x768 0.87-0.91 / 0.91-0.94, 768x3072 0.99 / 0.82. Smaller weights gain nothing or lose
+// (fixed costs per call weigh more than the widening): 2048x1024 0.98 / 0.94, 1024x2048
+// 0.95 / 1.01, 576x1536 1.03 / 0.96, 1536x576 g64 / g96 1.1-1.26 / 1.0-1.1.
 // With two rows the unpacking is no longer shared: M = 2 1.2x slower, M = 4 1.3-1.6x.
-// Group sizes below 128 (two or four groups per 128-wide step) measured no faster: 4096^2 g64
-// 0.97 / 1.16, 1536x576 g64 1.1-1.2.
 constexpr int64_t kInt4DigitsGemvMaxM = 1;
+constexpr int64_t kInt4DigitsGemvMinWeights = int64_t(1) << 21;
 
-bool use_int4_gemv_digits(Isa vec, int64_t M, int64_t group_size) {
+bool use_int4_gemv_digits(Isa vec, int64_t M, int64_t N, int64_t K, int64_t group_size) {
   return vec == Isa::Avx512Vnni && M <= kInt4DigitsGemvMaxM &&
-         int4_gemv_digits_supported(group_size);
+         N * K >= kInt4DigitsGemvMinWeights && int4_gemv_digits_supported(group_size);
 }
 
 // The zero points as int8 for the AMX-INT8 int4 path (undefined: symmetric, zero 8), or
@@ -708,8 +710,8 @@ at::Tensor int4_linear_cpu(const at::Tensor& x, const at::Tensor& packed,
       use_int4_digits(isa, x, M, K, group_size) ? int8_zeros(z) : std::nullopt;
   const std::optional<DigitX> digits = zeros8 ? split_x(x2, kInt4Chunk) : std::nullopt;
   const std::optional<DigitX> gemv_digits =
-      !digits && use_int4_gemv_digits(vec, M, group_size) ? split_x(x2, kInt4DigitStep)
-                                                          : std::nullopt;
+      !digits && use_int4_gemv_digits(vec, M, N, K, group_size) ? split_x(x2, kInt4DigitStep)
+                                                                : std::nullopt;
   // Dequantized tiles for at::mm: large M, and x holding inf or NaN where a GEMV would take
   // the zero points off at the end (sum of x * scale * zero), which turns an inf into NaN.
   auto int4_tiles = [&] {

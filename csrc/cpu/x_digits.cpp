@@ -10,6 +10,7 @@
 // every weight byte to float or bfloat16 costs about 1 ms per 4096 x 4096 matrix here.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -50,16 +51,18 @@ MYQ_TARGET_AVX512 bool split_row(const T* x, int64_t K, int digits, int64_t int4
       X = _mm512_srai_epi32(_mm512_sub_epi32(X, digit), 8);
     }
   };
-  if (int4_chunk) {  // K % int4_chunk == 0; the pad [K, ldq) is not read
+  if (int4_chunk) {  // K % 32 == 0; the pad [K, ldq) is not read
     const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
     const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
-    for (int64_t c = 0; c < K; c += int4_chunk)
-      for (int64_t k = c; k < c + int4_chunk; k += kInt4Chunk) {  // 16 even, 16 odd elements
+    for (int64_t c = 0; c < K; c += int4_chunk) {
+      const int64_t half = std::min(int4_chunk, K - c) / 2;
+      for (int64_t k = c; k < c + 2 * half; k += kInt4Chunk) {  // 16 even, 16 odd elements
         const __m512 a = load_x16(x + k, 0xFFFF), b = load_x16(x + k + 16, 0xFFFF);
         const int64_t at = c + (k - c) / 2;
         put(_mm512_permutex2var_ps(a, even, b), at);
-        put(_mm512_permutex2var_ps(a, odd, b), at + int4_chunk / 2);
+        put(_mm512_permutex2var_ps(a, odd, b), at + half);
       }
+    }
   } else {
     for (int64_t k = 0; k < ldq; k += 16) {
       const int64_t left = K - k;
