@@ -235,7 +235,7 @@ MYQ_TARGET_AVX512 void block_digits(const int8_t* q, int64_t ldq, int64_t K, int
                                          _mm512_maskz_loadu_ps(s.count, sr[j] + s.first));
       }
     }
-    // One step when steps span groups (the compiler then keeps acc in registers).
+    // Steps spanning groups: one step per span.
     const int64_t k1 = kStepInGroup ? k0 + span : k0 + 1;
     for (int64_t k = k0; k < k1; k += kInt4DigitStep) {
       const int64_t half = kStepInGroup ? 64 : std::min(kInt4DigitStep, K - k) / 2;  // bytes
@@ -426,7 +426,8 @@ void gemv_digits(const QuantX& x, const float* xsum, int64_t M, int64_t K,
                  const float* bias, float* y, int64_t ldy, int64_t n0, int64_t n1) {
   const int64_t G = K / gs;
   const bool step_in_group = gs % kInt4DigitStep == 0;
-  const std::vector<StepGroups> steps = step_in_group ? std::vector<StepGroups>() : step_groups(K, gs);
+  const std::vector<StepGroups> steps = step_in_group ? std::vector<StepGroups>()
+                                                      : step_groups(K, gs);
   float out[kNR];
   for (int64_t nc = n0; nc < n1; nc += kColumns) {
     const int64_t nc1 = std::min(n1, nc + kColumns);
@@ -447,7 +448,7 @@ void gemv_digits(const QuantX& x, const float* xsum, int64_t M, int64_t K,
         for (int j = 0; j < nr; ++j) {
           const int64_t n = nb + j;
           y[m * ldy + n] = finish_avx512(out[j] * unit, xsum + m * G, scales + n * G,
-                                  zeros ? zeros + n * G : nullptr, G, bias, n);
+                                         zeros ? zeros + n * G : nullptr, G, bias, n);
         }
       }
     }
