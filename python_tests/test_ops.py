@@ -117,7 +117,9 @@ def test_int4_linear_zero_points_int8_cannot_hold(backend, poisoned_outputs, dty
 def test_int4_linear_keeps_small_activations_next_to_outliers(backend, poisoned_outputs, dtype, rows,
                                                               group_size):
     """As for int8_linear: rows spanning 2^-20 .. 2^11, and every code 0..15 in the weights, so
-    that too few digits of x, or a digit sum that overflows, would show."""
+    that too few digits of x, or a digit sum that overflows, would show. The bound is on
+    |x| @ ((q + |zero|) * scale): the GEMVs that take the zero points off at the end (AVX2,
+    scalar, the digits) add two float32 sums of that size, sum x * q * s and sum x * zero * s."""
     x = (torch.randn(rows, 512) * torch.exp2(torch.randint(-20, 4, (rows, 512)).float())).to(dtype)
     x[:, 7] = 2048.0
     n = 4096  # 2^21 weights: the digits at M = 1
@@ -127,7 +129,10 @@ def test_int4_linear_keeps_small_activations_next_to_outliers(backend, poisoned_
     packed = myq_kernels.pack_int4(q)
     scales = scales / 16  # float16 results stay finite
     y = myq_kernels.int4_linear(x, packed, scales, zeros, group_size)
-    assert_linear_close(y, *int4_expected(x, packed, scales, zeros, group_size, None), dtype)
+    expected, _ = int4_expected(x, packed, scales, zeros, group_size, None)
+    both_terms = (q.double() + zeros.double().abs().repeat_interleave(group_size, -1)) * \
+        scales.double().repeat_interleave(group_size, -1)
+    assert_linear_close(y, expected, x.double().abs() @ both_terms.T, dtype)
 
 
 @pytest.mark.parametrize("rows", [1, 2, 6])
