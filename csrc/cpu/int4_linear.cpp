@@ -338,6 +338,23 @@ MYQ_TARGET_AVX2 void block_avx2(const float* xp, int64_t K, int64_t gs,
     for (int j = 0; j < NR; ++j) out[i * NR + j] = hsum_avx2(acc[i][j]);
 }
 
+// The row, scale and zero-point pointers of a block of `count` weight rows from nb, of which
+// the first `nr` exist: the rest repeat the last one, so a short block reads valid memory.
+struct BlockRows {
+  const uint8_t* packed[kNR];
+  const float* scales[kNR];
+  const float* zeros[kNR];
+  BlockRows(int64_t nb, int nr, int count, int64_t K, int64_t G, const uint8_t* p,
+            const float* s, const float* z) {
+    for (int j = 0; j < count; ++j) {
+      const int64_t n = nb + std::min(j, nr - 1);
+      packed[j] = p + n * (K / 2);
+      scales[j] = s + n * G;
+      zeros[j] = z ? z + n * G : nullptr;
+    }
+  }
+};
+
 // The GEMV kernels: float32 x (as xp) in AVX-512 tables or AVX2 partial sums, and bfloat16 x
 // (as xp) in AVX512-BF16 dot products.
 enum class Gemv { kAvx512, kAvx2, kAvx512Bf16 };
@@ -385,15 +402,10 @@ void gemv_vector(const X* xp, const float* xsum, int64_t M, int64_t K,
       const X* xm = xp + m * K;
       for (int64_t nb = nc; nb < nc1; nb += nr_block) {
         const int nr = static_cast<int>(std::min<int64_t>(nr_block, nc1 - nb));
-        const uint8_t* pr[kNR];
-        const float* sr[kNR];
-        const float* zr[kNR];
-        for (int j = 0; j < nr_block; ++j) {
-          const int64_t n = nb + std::min(j, nr - 1);  // pad: repeat the last row
-          pr[j] = packed + n * (K / 2);
-          sr[j] = scales + n * G;
-          zr[j] = zeros ? zeros + n * G : nullptr;
-        }
+        const BlockRows rows(nb, nr, nr_block, K, G, packed, scales, zeros);
+        const uint8_t* const* pr = rows.packed;
+        const float* const* sr = rows.scales;
+        const float* const* zr = rows.zeros;
         switch (mr) {
           case 1: run_block<1, P>(xm, K, gs, pr, sr, zr, out); break;
           case 2: run_block<2, P>(xm, K, gs, pr, sr, zr, out); break;
@@ -436,15 +448,11 @@ void gemv_digits(const QuantX& x, const float* xsum, int64_t M, int64_t K,
       const float unit = static_cast<float>(x.unit[m]);
       for (int64_t nb = nc; nb < nc1; nb += kNR) {
         const int nr = static_cast<int>(std::min<int64_t>(kNR, nc1 - nb));
-        const uint8_t* pr[kNR];
-        const float* sr[kNR];
-        for (int j = 0; j < kNR; ++j) {
-          const int64_t n = nb + std::min(j, nr - 1);  // pad: repeat the last row
-          pr[j] = packed + n * (K / 2);
-          sr[j] = scales + n * G;
-        }
-        if (step_in_group) block_digits<D, true>(q, x.ldq, K, gs, nullptr, pr, sr, out);
-        else block_digits<D, false>(q, x.ldq, K, gs, steps.data(), pr, sr, out);
+        const BlockRows rows(nb, nr, kNR, K, G, packed, scales, zeros);
+        if (step_in_group)
+          block_digits<D, true>(q, x.ldq, K, gs, nullptr, rows.packed, rows.scales, out);
+        else
+          block_digits<D, false>(q, x.ldq, K, gs, steps.data(), rows.packed, rows.scales, out);
         for (int j = 0; j < nr; ++j) {
           const int64_t n = nb + j;
           y[m * ldy + n] = finish_avx512(out[j] * unit, xsum + m * G, scales + n * G,
