@@ -773,9 +773,9 @@ at::Tensor int4_linear_cpu(const at::Tensor& x, const at::Tensor& packed,
       int4_prepare_x(xfp, M, K, group_size, xp.mutable_data_ptr<float>(),
                      xsum.mutable_data_ptr<float>());
       if (!all_finite(xsum)) {
-      int4_tiles();
-      return finish(y, x, N);
-    }
+        int4_tiles();
+        return finish(y, x, N);
+      }
     }
     const float* xpp = ptr_or_null<float>(xp);
     const float* xsp = ptr_or_null<float>(xsum);
