@@ -665,8 +665,6 @@ void int4_prepare_x(const c10::BFloat16* x, int64_t M, int64_t K, int64_t group_
   prepare_x(x, M, K, group_size, xp, xsum);
 }
 
-bool int4_gemv_digits_supported(int64_t group_size) { return group_size % kInt4Chunk == 0; }
-
 void int4_gemv_digits(const QuantX& x, const float* xsum, int64_t M, int64_t K,
                       const uint8_t* packed, const float* scales, const float* zeros,
                       int64_t group_size, const float* bias, float* y, int64_t ldy, int64_t n0,

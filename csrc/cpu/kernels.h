@@ -126,9 +126,8 @@ bool split_digits(const T* x, int64_t K, int digits, int64_t int4_chunk, int8_t*
 // W4A16 with x as digits on AVX-512 VNNI (int4_linear.cpp): x from split_digits with
 // int4_chunk = kInt4DigitStep (3 or 4 digits), xsum[m*G + g] = the sum of x[m, group g]
 // (int4_group_sums); otherwise as int4_gemv, for rows of x [0, M). Needs
-// int4_gemv_digits_supported(group_size): group_size % kInt4Chunk == 0.
+// int4_gemv_supported(group_size).
 constexpr int64_t kInt4DigitStep = 128;
-bool int4_gemv_digits_supported(int64_t group_size);
 void int4_gemv_digits(const QuantX& x, const float* xsum, int64_t M, int64_t K,
                       const uint8_t* packed, const float* scales, const float* zeros,
                       int64_t group_size, const float* bias, float* y, int64_t ldy, int64_t n0,

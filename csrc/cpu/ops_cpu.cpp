@@ -543,7 +543,7 @@ constexpr int64_t kInt4DigitsGemvMinWeights = int64_t(1) << 21;
 
 bool use_int4_gemv_digits(Isa vec, int64_t M, int64_t N, int64_t K, int64_t group_size) {
   return vec == Isa::Avx512Vnni && M <= kInt4DigitsGemvMaxM &&
-         N * K >= kInt4DigitsGemvMinWeights && int4_gemv_digits_supported(group_size);
+         N * K >= kInt4DigitsGemvMinWeights && int4_gemv_supported(group_size);
 }
 
 // The zero points as int8 for the AMX-INT8 int4 path (undefined: symmetric, zero 8), or
