@@ -259,15 +259,21 @@ void gemm(const QuantX& x, int64_t K, const int8_t* w, const float* scale, const
   // Rows of x per block: up to kMaxMR single-row (W8A8) ones, or one row of `digits` q rows.
   const int64_t per_block = x.digits == 1 ? kMaxMR : 1;
   int32_t out[kMaxMR * kNR];
+  // y[m, n] from row m's digit sums acc[d * stride], in the reference's operation order:
+  // ((acc * row scale) * scale) + bias. This is plain (non-FMA) code: baseline x86-64 has no
+  // FMA to contract into.
+  auto store = [&](int64_t m, int64_t n, const int32_t* acc, int stride) {
+    float v = row_value(x, m, acc, stride);
+    v = v * scale[n];
+    if (bias) v = v + bias[n];
+    y[m * ldy + n] = v;
+  };
   if constexpr (kIsa == Isa::Avx512Vnni) {
     if (m1 - m0 == 1 && x.digits == 1) {
-      const int64_t r = q_row(x.digits, m0);
+      const int64_t r = q_row(1, m0);
       for (int64_t n = n0; n < n1; ++n) {
-        out[0] = row_vnni(x.q + r * x.ldq, x.qsum[r], K, w + n * K);
-        float v = row_value(x, m0, out, kNR);
-        v = v * scale[n];
-        if (bias) v = v + bias[n];
-        y[m0 * ldy + n] = v;
+        const int32_t acc = row_vnni(x.q + r * x.ldq, x.qsum[r], K, w + n * K);
+        store(m0, n, &acc, 1);
       }
       return;
     }
@@ -287,16 +293,8 @@ void gemm(const QuantX& x, int64_t K, const int8_t* w, const float* scale, const
         case 3: if constexpr (kMaxMR >= 3) run_block<3, kIsa>(qm, x.ldq, qs, K, wr, m == m0, out); break;
         default: if constexpr (kMaxMR >= 4) run_block<4, kIsa>(qm, x.ldq, qs, K, wr, m == m0, out); break;
       }
-      // Same operation order as the reference: ((acc * row scale) * scale) + bias. This
-      // is plain (non-FMA) code: baseline x86-64 has no FMA to contract into.
       for (int i = 0; i < xm; ++i)
-        for (int j = 0; j < nr; ++j) {
-          const int64_t n = nb + j;
-          float v = row_value(x, m + i, out + i * x.digits * kNR + j, kNR);
-          v = v * scale[n];
-          if (bias) v = v + bias[n];
-          y[(m + i) * ldy + n] = v;
-        }
+        for (int j = 0; j < nr; ++j) store(m + i, nb + j, out + i * x.digits * kNR + j, kNR);
     }
   }
 }
