@@ -20,7 +20,7 @@ LINEAR_SHAPES = [
     ((1,), 257, 4096),  # one row of x on AVX-512: int8_linear reads weight rows one by one
     ((1,), 5, 4097),    # up to K = 4096 (4096 | 4097)
     ((1,), 9, 100),    # one row of x: whole 32-wide chunks of K and a tail (AVX2 row kernel)
-    ((3,), 7, 30),
+    ((3,), 7, 30),     # int8 with bfloat16 x on AVX512-BF16: its vdpbf16ps gemv from M = 4 (3 | 4)
     ((4,), 40, 128),   # K % 32 == 0 on both sides of the AMX switch (M = 4 | 5)
     ((5,), 47, 160),
     ((5,), 33, 100),

@@ -2,7 +2,8 @@
 //
 // Small M (decode): each weight row is streamed once per block of MR activation rows;
 // int8 is widened to fp32 in registers and FMA'd against x, NR weight rows at a time,
-// so each x vector load feeds NR FMAs and each weight vector feeds MR FMAs.
+// so each x vector load feeds NR FMAs and each weight vector feeds MR FMAs. bfloat16 x on
+// AVX512-BF16 (block_bf16) takes the weights as bfloat16 into vdpbf16ps instead.
 // Large M: int8_dequant fills a tile that the binding multiplies with at::mm.
 #include <immintrin.h>
 
@@ -101,6 +102,41 @@ MYQ_TARGET_AVX512 float row_dot_avx512(const float* x, int64_t K, const int8_t* 
       _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
 }
 
+// ---------------------------------------------------------------- AVX512-BF16
+// bfloat16 x, a few rows: int8 weights are exact in bfloat16 (exact_bf16_bits), so one
+// vdpbf16ps adds 32 exact products x * w into float32 where the float32 path widens the same
+// 32 weights to floats and takes two FMAs per row of x; the widening is shared by the MR rows.
+// The last K % 32 columns are summed in scalar code (a masked step in the loop made GCC keep
+// the accumulators in memory).
+template <int MR>
+MYQ_TARGET_AVX512_BF16 void block_bf16(const c10::BFloat16* x, int64_t K,
+                                       const int8_t* const* wr, float* out) {
+  __m512 acc[MR][kNR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < kNR; ++j) acc[i][j] = _mm512_setzero_ps();
+  const int64_t ahead = prefetch_ahead(kNR * K);
+  int64_t k = 0;
+  for (; k + 32 <= K; k += 32) {
+    __m512i xv[MR];
+    for (int i = 0; i < MR; ++i) xv[i] = _mm512_loadu_si512(x + i * K + k);
+    if ((k & 63) == 0)  // once per cache line of each row
+      for (int j = 0; j < kNR; ++j) prefetch_to_l2(wr[j] + k + ahead);
+    for (int j = 0; j < kNR; ++j) {
+      __m512 lo, hi;
+      load_i8x32_ps(wr[j] + k, &lo, &hi);
+      const __m512i wv = exact_bf16_bits(lo, hi);
+      for (int i = 0; i < MR; ++i) acc[i][j] = dpbf16(acc[i][j], wv, xv[i]);
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < kNR; ++j) {
+      float sum = _mm512_reduce_add_ps(acc[i][j]);
+      for (int64_t kk = k; kk < K; ++kk)
+        sum += static_cast<float>(x[i * K + kk]) * static_cast<float>(wr[j][kk]);
+      out[i * kNR + j] = sum;
+    }
+}
+
 // ---------------------------------------------------------------- AVX2
 // Weights are prefetched kPrefetchBlocks row blocks ahead, in address order
 // (prefetch_block_lines). Short rows (K = 576) are too short for the hardware prefetcher to
@@ -122,15 +158,20 @@ constexpr int64_t kPrefetchBlocks = 2;
 
 // ---------------------------------------------------------------- driver (all vector paths)
 // Weight rows per block for MR rows of x: AVX-512 always 4 (16 zmm accumulators at MR = 4).
-template <bool kAvx512>
+// The GEMV kernels: float32 x in AVX-512 or AVX2 FMAs, bfloat16 x in AVX512-BF16 dot products.
+enum class Gemv { kAvx512, kAvx2, kAvx512Bf16 };
+
+template <Gemv P>
 constexpr int rows_per_block(int mr) {
-  return kAvx512 ? kNR : mr == 1 ? 8 : mr == 2 ? 6 : mr == 3 ? 4 : 3;
+  return P != Gemv::kAvx2 ? kNR : mr == 1 ? 8 : mr == 2 ? 6 : mr == 3 ? 4 : 3;
 }
 
-template <int MR, bool kAvx512>
-void run_block(const float* x, int64_t K, const int8_t* const* wr, float* out) {
-  if constexpr (kAvx512) block_avx512<MR>(x, K, wr, out);
-  else dot_block_avx2<MR, rows_per_block<false>(MR), kPrefetchBlocks>(x, K, wr, out);
+template <int MR, Gemv P, typename X>
+void run_block(const X* x, int64_t K, const int8_t* const* wr, float* out) {
+  if constexpr (P == Gemv::kAvx512) block_avx512<MR>(x, K, wr, out);
+  else if constexpr (P == Gemv::kAvx2)
+    dot_block_avx2<MR, rows_per_block<P>(MR), kPrefetchBlocks>(x, K, wr, out);
+  else block_bf16<MR>(x, K, wr, out);
 }
 
 // Columns [n0, n1) in blocks of kColumns weight rows (L2-resident while every block of MR
@@ -138,13 +179,13 @@ void run_block(const float* x, int64_t K, const int8_t* const* wr, float* out) {
 // of every rows_per_block.
 constexpr int64_t kColumns = 24;
 
-template <bool kAvx512>
-void gemv_vector(const float* x, int64_t M, int64_t K, const int8_t* w, const float* scale,
+template <Gemv P, typename X>
+void gemv_vector(const X* x, int64_t M, int64_t K, const int8_t* w, const float* scale,
                  const float* bias, float* y, int64_t ldy, int64_t n0, int64_t n1) {
   constexpr int kMaxMR = 4;
-  constexpr int kMaxNR = rows_per_block<kAvx512>(1);
+  constexpr int kMaxNR = rows_per_block<P>(1);
   float out[kMaxMR * kMaxNR];
-  if constexpr (kAvx512) {
+  if constexpr (P == Gemv::kAvx512) {
     if (M == 1 && K <= kRowDotMaxK) {
       const int64_t ahead = prefetch_ahead(K);
       for (int64_t n = n0; n < n1; ++n)
@@ -157,17 +198,17 @@ void gemv_vector(const float* x, int64_t M, int64_t K, const int8_t* w, const fl
     int mr = 0;
     for (int64_t m = 0; m < M; m += mr) {
       mr = gemv_rows_per_pass(M - m);
-      const int nr_block = rows_per_block<kAvx512>(mr);
-      const float* xm = x + m * K;
+      const int nr_block = rows_per_block<P>(mr);
+      const X* xm = x + m * K;
       for (int64_t nb = nc; nb < nc1; nb += nr_block) {
         const int nr = static_cast<int>(std::min<int64_t>(nr_block, nc1 - nb));
         const int8_t* wr[kMaxNR];
         for (int j = 0; j < nr_block; ++j) wr[j] = w + (nb + std::min(j, nr - 1)) * K;  // pad: repeat last
         switch (mr) {
-          case 1: run_block<1, kAvx512>(xm, K, wr, out); break;
-          case 2: run_block<2, kAvx512>(xm, K, wr, out); break;
-          case 3: run_block<3, kAvx512>(xm, K, wr, out); break;
-          default: run_block<4, kAvx512>(xm, K, wr, out); break;
+          case 1: run_block<1, P>(xm, K, wr, out); break;
+          case 2: run_block<2, P>(xm, K, wr, out); break;
+          case 3: run_block<3, P>(xm, K, wr, out); break;
+          default: run_block<4, P>(xm, K, wr, out); break;
         }
         for (int i = 0; i < mr; ++i)
           for (int j = 0; j < nr; ++j) {
@@ -212,10 +253,18 @@ void int8_gemv(Isa isa, const float* x, int64_t M, int64_t K, const int8_t* w,
                const float* scale, const float* bias, float* y, int64_t ldy, int64_t n0,
                int64_t n1) {
   switch (isa) {
-    case Isa::Avx512Vnni: gemv_vector<true>(x, M, K, w, scale, bias, y, ldy, n0, n1); break;
-    case Isa::Avx2: gemv_vector<false>(x, M, K, w, scale, bias, y, ldy, n0, n1); break;
+    case Isa::Avx512Vnni:
+      gemv_vector<Gemv::kAvx512>(x, M, K, w, scale, bias, y, ldy, n0, n1);
+      break;
+    case Isa::Avx2: gemv_vector<Gemv::kAvx2>(x, M, K, w, scale, bias, y, ldy, n0, n1); break;
     default: gemv_scalar(x, M, K, w, scale, bias, y, ldy, n0, n1); break;
   }
+}
+
+void int8_gemv_bf16(const c10::BFloat16* x, int64_t M, int64_t K, const int8_t* w,
+                    const float* scale, const float* bias, float* y, int64_t ldy, int64_t n0,
+                    int64_t n1) {
+  gemv_vector<Gemv::kAvx512Bf16>(x, M, K, w, scale, bias, y, ldy, n0, n1);
 }
 
 void int8_dequant(Isa isa, const int8_t* w, int64_t K, int64_t n0, int64_t n1, float* tile) {

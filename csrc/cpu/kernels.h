@@ -39,6 +39,10 @@ constexpr int gemv_rows_per_pass(int64_t left) {
 void int8_gemv(Isa isa, const float* x, int64_t M, int64_t K, const int8_t* w,
                const float* scale, const float* bias, float* y, int64_t ldy, int64_t n0,
                int64_t n1);
+// The same with bfloat16 x [M, K] on AVX512-BF16 (cpu_has_bf16_gemm), in vdpbf16ps.
+void int8_gemv_bf16(const c10::BFloat16* x, int64_t M, int64_t K, const int8_t* w,
+                    const float* scale, const float* bias, float* y, int64_t ldy, int64_t n0,
+                    int64_t n1);
 
 // Large M: tile[(n - n0)*K + k] = w[n*K + k]. Float32 only: torch's bfloat16 GEMM rounds its
 // product to bfloat16, and the column scale after it would round a second time.

@@ -7,7 +7,8 @@
 //                             AVX-512: every M): stream the weights (gemv kernels), threads
 //                             split the output columns N. int4 on AVX-512 VNNI, M = 1, from
 //                             2^21 weights: x as int8 digits (int4_gemv_digits);
-//                             with bfloat16 x on AVX512-BF16, M <= 2: its own vdpbf16ps GEMV.
+//                             with bfloat16 x on AVX512-BF16, M <= 2: its own vdpbf16ps GEMV;
+//                             int8 with bfloat16 x there from M = 4 likewise (int8_gemv_bf16).
 //                             Larger M: dequantize the weights into float32 (int4 only:
 //                             bfloat16 when x is bfloat16 and the CPU has bfloat16 hardware,
 //                             see bf16_tiles) for MKL / oneDNN (tiled_mm): whole, in one
@@ -77,6 +78,12 @@ constexpr int64_t kGemvAnyM = std::numeric_limits<int64_t>::max();
 // 4096^2 g128, float32 / bfloat16 GEMV time, in turns, cold (hot): M = 1 1.18x (1.20x),
 // M = 2 1.09x (1.12x), M = 4 0.89x (0.86x), M = 8 0.82x (0.85x).
 constexpr int64_t kInt4Bf16GemvMaxM = 2;
+// bfloat16 x with int8 weights on AVX512-BF16: the gemv in vdpbf16ps (int8_gemv_bf16) from here
+// up to the vdpbf16ps GEMM (kSmallMBFloat16); below, the float32 gemv (one row: its row-by-row
+// kernel). Zen 4, cold, float32 / bfloat16 gemv time, in turns: 4096^2 M = 1 0.75x, 2 1.02-1.06x,
+// 3 0.98x, 4 1.16x, 8 1.16x, 12 1.17x; 11008x4096 M = 2 / 4 / 8 1.02 / 1.07 / 1.14x;
+// 1536x576 0.98 / 1.01 / 1.09x.
+constexpr int64_t kInt8Bf16GemvMinM = 4;
 constexpr int64_t kGemvRowChunk = 256;
 
 // bfloat16 x meets bfloat16 weight tiles (int4 only: see int8_dequant) in the large-M path
@@ -608,6 +615,13 @@ at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& weight,
                                                     : M > kSmallM && K >= kVnniMinK)) {
     bf16_grid(x2, N, [&](const XPlanes& xp, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
       int8_linear_bf16(isa, xp, K, wp, sp, bp, yp, N, M, N, m0, m1, n0, n1);
+    });
+  } else if (M <= gemv_max_m(vec, x, N, K, /*int4=*/false) && bf16_tiles(x) &&
+             vec == Isa::Avx512Vnni && M >= kInt8Bf16GemvMinM) {
+    const at::Tensor xc = x2.contiguous();
+    const c10::BFloat16* xp = xc.const_data_ptr<c10::BFloat16>();
+    parallel_cols(N, M * K, [&](int64_t n0, int64_t n1) {
+      int8_gemv_bf16(xp, M, K, wp, sp, bp, yp, N, n0, n1);
     });
   } else if (M <= gemv_max_m(vec, x, N, K, /*int4=*/false)) {
     const at::Tensor xf = x2.to(at::kFloat).contiguous();
