@@ -108,20 +108,20 @@ MYQ_TARGET_AVX512 float row_dot_avx512(const float* x, int64_t K, const int8_t* 
 // 32 weights to floats and takes two FMAs per row of x; the widening is shared by the MR rows.
 // The last K % 32 columns are summed in scalar code (a masked step in the loop made GCC keep
 // the accumulators in memory).
-template <int MR>
+template <int MR, int NR>
 MYQ_TARGET_AVX512_BF16 void block_bf16(const c10::BFloat16* x, int64_t K,
                                        const int8_t* const* wr, float* out) {
-  __m512 acc[MR][kNR];
+  __m512 acc[MR][NR];
   for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < kNR; ++j) acc[i][j] = _mm512_setzero_ps();
-  const int64_t ahead = prefetch_ahead(kNR * K);
+    for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_ps();
+  const int64_t ahead = prefetch_ahead(NR * K);
   int64_t k = 0;
   for (; k + 32 <= K; k += 32) {
     __m512i xv[MR];
     for (int i = 0; i < MR; ++i) xv[i] = _mm512_loadu_si512(x + i * K + k);
     if ((k & 63) == 0)  // once per cache line of each row
-      for (int j = 0; j < kNR; ++j) prefetch_to_l2(wr[j] + k + ahead);
-    for (int j = 0; j < kNR; ++j) {
+      for (int j = 0; j < NR; ++j) prefetch_to_l2(wr[j] + k + ahead);
+    for (int j = 0; j < NR; ++j) {
       __m512 lo, hi;
       load_i8x32_ps(wr[j] + k, &lo, &hi);
       const __m512i wv = exact_bf16_bits(lo, hi);
@@ -129,11 +129,11 @@ MYQ_TARGET_AVX512_BF16 void block_bf16(const c10::BFloat16* x, int64_t K,
     }
   }
   for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < kNR; ++j) {
+    for (int j = 0; j < NR; ++j) {
       float sum = _mm512_reduce_add_ps(acc[i][j]);
       for (int64_t kk = k; kk < K; ++kk)
         sum += static_cast<float>(x[i * K + kk]) * static_cast<float>(wr[j][kk]);
-      out[i * kNR + j] = sum;
+      out[i * NR + j] = sum;
     }
 }
 
@@ -157,21 +157,33 @@ constexpr int64_t kPrefetchBlocks = 2;
 // and 4380 -> 4034; 1536 x 576 116 -> 115 and 576 x 1536 127 -> 128 (the same).
 
 // ---------------------------------------------------------------- driver (all vector paths)
-// Weight rows per block for MR rows of x: AVX-512 always 4 (16 zmm accumulators at MR = 4).
 // The GEMV kernels: float32 x in AVX-512 or AVX2 FMAs, bfloat16 x in AVX512-BF16 dot products.
 enum class Gemv { kAvx512, kAvx2, kAvx512Bf16 };
 
+// Rows of x per pass over a column block: block_bf16 takes up to 8 (its widened weights then
+// serve 8 rows; 16 accumulators as 8 x 2), the float32 kernels up to 4. Zen 4, cold, in turns,
+// block_bf16 in passes of 4 / of 8 rows: 4096^2 M = 5 1.24x, 7 1.19x, 8 1.10-1.13x, 12 1.07x;
+// 11008x4096 M = 8 1.04x; 1536x576 M = 6 / 8 1.03 / 1.10x.
+template <Gemv P>
+constexpr int rows_per_pass(int64_t left) {
+  return P == Gemv::kAvx512Bf16 ? static_cast<int>(std::min<int64_t>(left, 8))
+                                : gemv_rows_per_pass(left);
+}
+
+// Weight rows per block for MR rows of x: AVX-512 4 (16 zmm accumulators at MR = 4), 2 for
+// block_bf16 beyond 4 rows of x.
 template <Gemv P>
 constexpr int rows_per_block(int mr) {
-  return P != Gemv::kAvx2 ? kNR : mr == 1 ? 8 : mr == 2 ? 6 : mr == 3 ? 4 : 3;
+  if constexpr (P == Gemv::kAvx2) return mr == 1 ? 8 : mr == 2 ? 6 : mr == 3 ? 4 : 3;
+  return P == Gemv::kAvx512Bf16 && mr > 4 ? 2 : kNR;
 }
 
 template <int MR, Gemv P, typename X>
 void run_block(const X* x, int64_t K, const int8_t* const* wr, float* out) {
-  if constexpr (P == Gemv::kAvx512) block_avx512<MR>(x, K, wr, out);
-  else if constexpr (P == Gemv::kAvx2)
+  if constexpr (P == Gemv::kAvx512Bf16) block_bf16<MR, rows_per_block<P>(MR)>(x, K, wr, out);
+  else if constexpr (MR <= 4 && P == Gemv::kAvx512) block_avx512<MR>(x, K, wr, out);
+  else if constexpr (MR <= 4)
     dot_block_avx2<MR, rows_per_block<P>(MR), kPrefetchBlocks>(x, K, wr, out);
-  else block_bf16<MR>(x, K, wr, out);
 }
 
 // Columns [n0, n1) in blocks of kColumns weight rows (L2-resident while every block of MR
@@ -182,9 +194,8 @@ constexpr int64_t kColumns = 24;
 template <Gemv P, typename X>
 void gemv_vector(const X* x, int64_t M, int64_t K, const int8_t* w, const float* scale,
                  const float* bias, float* y, int64_t ldy, int64_t n0, int64_t n1) {
-  constexpr int kMaxMR = 4;
   constexpr int kMaxNR = rows_per_block<P>(1);
-  float out[kMaxMR * kMaxNR];
+  float out[8 * kMaxNR];
   if constexpr (P == Gemv::kAvx512) {
     if (M == 1 && K <= kRowDotMaxK) {
       const int64_t ahead = prefetch_ahead(K);
@@ -197,7 +208,7 @@ void gemv_vector(const X* x, int64_t M, int64_t K, const int8_t* w, const float*
     const int64_t nc1 = std::min(n1, nc + kColumns);
     int mr = 0;
     for (int64_t m = 0; m < M; m += mr) {
-      mr = gemv_rows_per_pass(M - m);
+      mr = rows_per_pass<P>(M - m);
       const int nr_block = rows_per_block<P>(mr);
       const X* xm = x + m * K;
       for (int64_t nb = nc; nb < nc1; nb += nr_block) {
@@ -208,7 +219,11 @@ void gemv_vector(const X* x, int64_t M, int64_t K, const int8_t* w, const float*
           case 1: run_block<1, P>(xm, K, wr, out); break;
           case 2: run_block<2, P>(xm, K, wr, out); break;
           case 3: run_block<3, P>(xm, K, wr, out); break;
-          default: run_block<4, P>(xm, K, wr, out); break;
+          case 4: run_block<4, P>(xm, K, wr, out); break;
+          case 5: run_block<5, P>(xm, K, wr, out); break;
+          case 6: run_block<6, P>(xm, K, wr, out); break;
+          case 7: run_block<7, P>(xm, K, wr, out); break;
+          default: run_block<8, P>(xm, K, wr, out); break;
         }
         for (int i = 0; i < mr; ++i)
           for (int j = 0; j < nr; ++j) {
