@@ -164,10 +164,13 @@ enum class Gemv { kAvx512, kAvx2, kAvx512Bf16 };
 // serve 8 rows; 16 accumulators as 8 x 2), the float32 kernels up to 4. Zen 4, cold, in turns,
 // block_bf16 in passes of 4 / of 8 rows: 4096^2 M = 5 1.24x, 7 1.19x, 8 1.10-1.13x, 12 1.07x;
 // 11008x4096 M = 8 1.04x; 1536x576 M = 6 / 8 1.03 / 1.10x.
+constexpr int kBf16MaxRowsPerPass = 8;
+
 template <Gemv P>
 constexpr int rows_per_pass(int64_t left) {
-  return P == Gemv::kAvx512Bf16 ? static_cast<int>(std::min<int64_t>(left, 8))
-                                : gemv_rows_per_pass(left);
+  return P == Gemv::kAvx512Bf16
+             ? static_cast<int>(std::min<int64_t>(left, kBf16MaxRowsPerPass))
+             : gemv_rows_per_pass(left);
 }
 
 // Weight rows per block for MR rows of x: AVX-512 4 (16 zmm accumulators at MR = 4), 2 for
@@ -178,12 +181,15 @@ constexpr int rows_per_block(int mr) {
   return P == Gemv::kAvx512Bf16 && mr > 4 ? 2 : kNR;
 }
 
+// MR > 4 comes only from rows_per_pass<kAvx512Bf16>; the float32 kernels are not built for it.
 template <int MR, Gemv P, typename X>
 void run_block(const X* x, int64_t K, const int8_t* const* wr, float* out) {
-  if constexpr (P == Gemv::kAvx512Bf16) block_bf16<MR, rows_per_block<P>(MR)>(x, K, wr, out);
-  else if constexpr (MR <= 4 && P == Gemv::kAvx512) block_avx512<MR>(x, K, wr, out);
-  else if constexpr (MR <= 4)
-    dot_block_avx2<MR, rows_per_block<P>(MR), kPrefetchBlocks>(x, K, wr, out);
+  if constexpr (P == Gemv::kAvx512Bf16) {
+    block_bf16<MR, rows_per_block<P>(MR)>(x, K, wr, out);
+  } else if constexpr (MR <= 4) {
+    if constexpr (P == Gemv::kAvx512) block_avx512<MR>(x, K, wr, out);
+    else dot_block_avx2<MR, rows_per_block<P>(MR), kPrefetchBlocks>(x, K, wr, out);
+  }
 }
 
 // Columns [n0, n1) in blocks of kColumns weight rows (L2-resident while every block of MR
@@ -194,8 +200,9 @@ constexpr int64_t kColumns = 24;
 template <Gemv P, typename X>
 void gemv_vector(const X* x, int64_t M, int64_t K, const int8_t* w, const float* scale,
                  const float* bias, float* y, int64_t ldy, int64_t n0, int64_t n1) {
+  constexpr int kMaxMR = rows_per_pass<P>(kBf16MaxRowsPerPass);
   constexpr int kMaxNR = rows_per_block<P>(1);
-  float out[8 * kMaxNR];
+  float out[kMaxMR * kMaxNR];
   if constexpr (P == Gemv::kAvx512) {
     if (M == 1 && K <= kRowDotMaxK) {
       const int64_t ahead = prefetch_ahead(K);

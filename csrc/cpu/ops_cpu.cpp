@@ -616,19 +616,20 @@ at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& weight,
     bf16_grid(x2, N, [&](const XPlanes& xp, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
       int8_linear_bf16(isa, xp, K, wp, sp, bp, yp, N, M, N, m0, m1, n0, n1);
     });
-  } else if (M <= gemv_max_m(vec, x, N, K, /*int4=*/false) && bf16_tiles(x) &&
-             vec == Isa::Avx512Vnni && M >= kInt8Bf16GemvMinM) {
-    const at::Tensor xc = x2.contiguous();
-    const c10::BFloat16* xp = xc.const_data_ptr<c10::BFloat16>();
-    parallel_cols(N, M * K, [&](int64_t n0, int64_t n1) {
-      int8_gemv_bf16(xp, M, K, wp, sp, bp, yp, N, n0, n1);
-    });
   } else if (M <= gemv_max_m(vec, x, N, K, /*int4=*/false)) {
-    const at::Tensor xf = x2.to(at::kFloat).contiguous();
-    const float* xp = xf.const_data_ptr<float>();
-    parallel_cols(N, M * K, [&](int64_t n0, int64_t n1) {
-      int8_gemv(vec, xp, M, K, wp, sp, bp, yp, N, n0, n1);
-    });
+    if (bf16_tiles(x) && vec == Isa::Avx512Vnni && M >= kInt8Bf16GemvMinM) {
+      const at::Tensor xc = x2.contiguous();
+      const c10::BFloat16* xp = xc.const_data_ptr<c10::BFloat16>();
+      parallel_cols(N, M * K, [&](int64_t n0, int64_t n1) {
+        int8_gemv_bf16(xp, M, K, wp, sp, bp, yp, N, n0, n1);
+      });
+    } else {
+      const at::Tensor xf = x2.to(at::kFloat).contiguous();
+      const float* xp = xf.const_data_ptr<float>();
+      parallel_cols(N, M * K, [&](int64_t n0, int64_t n1) {
+        int8_gemv(vec, xp, M, K, wp, sp, bp, yp, N, n0, n1);
+      });
+    }
   } else {
     tiled_mm<float>(x2.to(at::kFloat).contiguous(), N, [&](int64_t n0, int64_t n1, float* tile) {
       int8_dequant(vec, wp, K, n0, n1, tile);
