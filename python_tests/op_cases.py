@@ -42,6 +42,11 @@ LINEAR_SHAPES = [
     ((128,), 520, 2048),  # ... and up to 128 for int8 in per-thread tiles (> 4 MiB): 128 | 129;
                           # VNNI digits from K = 2048 (K = 1000 above | 2048)
     ((129,), 520, 2048),
+    ((33,), 48, 2048),   # int8 products on AVX-512 VNNI without AMX (W8A8 from K = 2048,
+                         # digits): product tiles from M = 33, N >= 16, K % 4 == 0, in pairs of
+                         # 16-column tiles and a single one (48 = 32 + 16) ...
+    ((33,), 15, 2048),   # ... the dot kernel for N < 16
+    ((34,), 24, 2050),   # ... and for K % 4 != 0
 ]
 
 # (batch shape, N, K, group_size): K = group for per-channel; groups not a multiple of 16.

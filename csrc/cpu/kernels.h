@@ -146,21 +146,22 @@ void int8_gemm_dynamic(Isa isa, const QuantX& x, int64_t K, const int8_t* w,
                        const float* scale, const float* bias, float* y, int64_t ldy,
                        int64_t m0, int64_t m1, int64_t n0, int64_t n1);
 
-// AMX (isa avx512_amx): the weight rows are the A tiles (16 rows x 64 bytes, read in place)
-// and q, re-laid out by amx_pack_rows, the B tiles; the product tiles are 16 n x 16 q rows
-// int32. Needs K % kAmxK == 0; handles output columns [n0, n1) with n0, n1 multiples of 16
-// (the caller runs the last N % 16 columns with int8_gemm_dynamic) and rows of x [m0, m1)
-// with m0 a multiple of x_rows_per_block(digits).
+// Product tiles of 16 n x 16 q rows, int32, with q re-laid out by amx_pack_rows as AMX B
+// tiles: isa avx512_amx multiplies AMX tiles (the weight rows as A tiles, 16 rows x 64 bytes,
+// read in place; needs K % kAmxK == 0); avx512_vnni broadcasts 4-byte groups of the weight
+// rows against 16 q rows at a time (needs K % 4 == 0). Handles output columns [n0, n1) with
+// n0, n1 multiples of 16 (the caller runs the last N % 16 columns with int8_gemm_dynamic) and
+// rows of x [m0, m1) with m0 a multiple of x_rows_per_block(digits).
 constexpr int64_t kAmxK = 64;
 constexpr int64_t kAmxTile = 16;
 // qp: q in B-tile layout, amx_pack_rows (amx.h) with row_bytes = K over q_rows(digits, M)
 // rows, padded with zero rows to a multiple of kQBlockRows.
-void int8_gemm_amx(const int8_t* qp, const QuantX& x, int64_t K, const int8_t* w,
-                   const float* scale, const float* bias, float* y, int64_t ldy, int64_t M,
-                   int64_t m0, int64_t m1, int64_t n0, int64_t n1);
+void int8_gemm_tiles(Isa isa, const int8_t* qp, const QuantX& x, int64_t K, const int8_t* w,
+                     const float* scale, const float* bias, float* y, int64_t ldy, int64_t M,
+                     int64_t m0, int64_t m1, int64_t n0, int64_t n1);
 
 // ---- W4A16 on AMX-INT8 (int4_linear_amx.cpp) -----------------------------------------
-// x as digits in int4 order (split_digits with int4_chunk = kInt4Chunk, packed as for int8_gemm_amx);
+// x as digits in int4 order (split_digits with int4_chunk = kInt4Chunk, packed as for int8_gemm_tiles);
 // zeros int8 [N, K / group_size] integers with q - zero in int8 (null: 8); group_size % 64 == 0.
 // y[m*ldy + n] = sum_k x[m, k] * (q[n, k] - zeros[n, g]) * scales[n, g] + bias[n] for rows of
 // x [m0, m1) (m0 a multiple of x_rows_per_block(digits)) and columns [n0, n1).

@@ -23,13 +23,14 @@
 //   K % 64 == 0, N >= 16      (x_digits.cpp) and multiplied on AMX-INT8 like W8A8, so the
 //                             weights are never widened (bfloat16 x: M <= 32 only); on
 //                             AVX-512 VNNI without AMX the same from M = 33 and K = 2048, on
-//                             the VNNI kernel.
+//                             VNNI product tiles (K % 4 == 0, N >= 16) or the dot kernel.
 //   int4_linear on AMX,       likewise from M = 5 with float32 x (float16 x: M = 5..32) and
 //   group_size % 64 == 0      integer zero points, on exact int8 q - zero tiles
 //                             (int4_linear_amx.cpp).
 //   int8_linear_dynamic       quantize x once, then the int8 product (int8_product): AMX
-//                             tiles (avx512_amx, M >= kAmxMinM, K % 64 == 0), else the VNNI /
-//                             AVX2 / scalar dot kernel (threads split N when M <= kSmallM);
+//                             tiles (avx512_amx, M >= kAmxMinM, K % 64 == 0), VNNI tiles
+//                             (M > kSmallM, K % 4 == 0, N >= 16), else the VNNI / AVX2 /
+//                             scalar dot kernel (threads split N when M <= kSmallM);
 //                             VNNI without AMX, M > kSmallM, K < 2048: at::_int_mm;
 //                             on AVX2 with M > kSmallM and K <= 1040, MKL on the int8 values
 //                             as float32, exact (w8a8_float_gemm).
@@ -446,18 +447,22 @@ const int8_t* amx_pack_q(const QuantX& xq, int64_t M, int64_t K) {
 int64_t amx_task_rows(const QuantX& xq) { return kDynTileMBlocks * x_rows_per_block(xq.digits); }
 
 // y = the int8 product of weight w with x's int8 form (QuantX: W8A8 quantized rows or W8A16
-// digits), over M rows of x: AMX tiles from amx_min_m rows of x (avx512_amx, K % 64 == 0),
-// else the VNNI / AVX2 / scalar dot kernel, threads splitting N when M <= kSmallM.
+// digits), over M rows of x: AMX tiles from amx_min_m rows of x (avx512_amx, K % 64 == 0) or
+// VNNI tiles beyond kSmallM (K % 4 == 0), else the VNNI / AVX2 / scalar dot kernel, threads
+// splitting N when M <= kSmallM. VNNI tiles against the dot kernel, 4096^2 hot, in turns:
+// W8A8 M = 512 / 2048 1.22 / 1.32x, W8A16 float32 x M = 512 1.12x.
 void int8_product(Isa isa, const QuantX& xq, int64_t M, int64_t K, int64_t N, int64_t amx_min_m,
                   const int8_t* w, const float* scale, const float* bias, float* y) {
   const Isa vec = vector_isa(isa);
-  if (isa == Isa::Avx512Amx && M >= amx_min_m && K % kAmxK == 0 && N >= kAmxTile) {
-    // AMX tiles over the first N - N % 16 columns; the last N % 16 run below.
+  const bool amx_tiles = isa == Isa::Avx512Amx && M >= amx_min_m && K % kAmxK == 0;
+  const bool vnni_tiles = isa == Isa::Avx512Vnni && M > kSmallM && K % 4 == 0;
+  if ((amx_tiles || vnni_tiles) && N >= kAmxTile) {
+    // Product tiles over the first N - N % 16 columns; the last N % 16 run below.
     const int8_t* qp = amx_pack_q(xq, M, K);
     const int64_t n16 = N / kAmxTile * kAmxTile;
     parallel_tiles(M, n16, amx_task_rows(xq), kDynTileN,
                    [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-      int8_gemm_amx(qp, xq, K, w, scale, bias, y, N, M, m0, m1, n0, n1);
+      int8_gemm_tiles(isa, qp, xq, K, w, scale, bias, y, N, M, m0, m1, n0, n1);
     });
     if (n16 < N) {
       at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
