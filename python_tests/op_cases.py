@@ -58,7 +58,8 @@ INT4_SHAPES = [
     ((1,), 2731, 768, 256),   # ... two of its 128-wide steps per group
     ((1,), 4097, 576, 96),    # ... steps spanning groups, a short last step (576 = 4.5 * 128)
     ((1,), 8192, 256, 32),    # ... four groups per step
-    ((2,), 40, 256, 64),      # bfloat16 x on AVX512-BF16: its own GEMV up to M = 2 (2 | 3)
+    ((2,), 40, 256, 64),      # bfloat16 x on AVX512-BF16: its own GEMV, x in passes
+                              # of up to 4 rows, to M = 12 (below: 12 | 13)
     ((3,), 7, 96, 32),
     ((2, 3), 17, 256, 64),
     ((8,), 48, 256, 32),      # AMX from M = 8 with bfloat16 x, 12 with float x (M = 11 | 12)

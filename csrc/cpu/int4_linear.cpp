@@ -4,7 +4,7 @@
 // high nibbles of 16 packed bytes meet 16 contiguous x values each; a row is streamed
 // once per block of MR activation rows, NR rows at a time. AVX-512 looks the nibbles up
 // in a per-group table of dequantized values (vpermps). Scalar, AVX2 with one row of x, and
-// bfloat16 x on AVX512-BF16 (block_bf16: q as bfloat16 for vdpbf16ps, one or two rows):
+// bfloat16 x on AVX512-BF16 (block_bf16: q as bfloat16 for vdpbf16ps):
 // within a group the products sum(x * q) accumulate unscaled, then one FMA per group applies
 // the group scale; AVX2 with more rows scales the widened weights instead (block_avx2). The
 // zero point enters once at the end as sum_g scale*zero*sum(x in group). AVX2 from
@@ -136,7 +136,8 @@ MYQ_TARGET_AVX512 void block_avx512(const float* xp, int64_t K, int64_t gs,
 // products x * q, where the float32 table needs two vpermps, a shift and two FMAs, all zmm
 // shuffles and FMAs sharing Zen 4's two 256-bit halves. Per group the sums are scaled once
 // (float32), and finish() takes the zero points off, as the AVX2 one-row path does.
-// MR <= 2: partial and total sums for MR x kNR outputs.
+// MR <= 4: the MR x kNR partial sums stay in registers, x comes as memory operands of the
+// dot products, and the totals, updated once per group, may live in memory.
 template <int MR>
 MYQ_TARGET_AVX512_BF16 void block_bf16(const uint16_t* x, int64_t K, int64_t gs,
                                        const uint8_t* const* pr, const float* const* sr,
@@ -365,20 +366,13 @@ constexpr int rows_per_block(int mr) {
   return P != Gemv::kAvx2 ? kNR : mr == 1 ? 4 : mr == 2 ? 4 : mr == 3 ? 3 : 2;
 }
 
-// Rows of x per pass: block_bf16 holds partial and total sums, two rows' worth at most.
-template <Gemv P>
-constexpr int rows_per_pass(int64_t left) {
-  return P == Gemv::kAvx512Bf16 ? (left >= 2 ? 2 : 1) : gemv_rows_per_pass(left);
-}
-
 template <int MR, Gemv P, typename X>
 void run_block(const X* xp, int64_t K, int64_t gs, const uint8_t* const* pr,
                const float* const* sr, const float* const* zr, float* out) {
   if constexpr (P == Gemv::kAvx512) block_avx512<MR>(xp, K, gs, pr, sr, zr, out);
   else if constexpr (P == Gemv::kAvx2)
     block_avx2<MR, rows_per_block<P>(MR)>(xp, K, gs, pr, sr, out);
-  else if constexpr (MR <= 2)
-    block_bf16<MR>(reinterpret_cast<const uint16_t*>(xp), K, gs, pr, sr, out);
+  else block_bf16<MR>(reinterpret_cast<const uint16_t*>(xp), K, gs, pr, sr, out);
 }
 
 // Columns [n0, n1) in blocks of kColumns weight rows (L2-resident while every block of MR
@@ -397,7 +391,7 @@ void gemv_vector(const X* xp, const float* xsum, int64_t M, int64_t K,
     const int64_t nc1 = std::min(n1, nc + kColumns);
     int mr = 0;
     for (int64_t m = 0; m < M; m += mr) {
-      mr = rows_per_pass<P>(M - m);
+      mr = gemv_rows_per_pass(M - m);
       const int nr_block = rows_per_block<P>(mr);
       const X* xm = xp + m * K;
       for (int64_t nb = nc; nb < nc1; nb += nr_block) {

@@ -67,18 +67,17 @@ constexpr int64_t kSmallM = 32;
 // vdpbf16ps kernel (int8 and int4, K % 32 == 0). The kernel always multiplies 16 rows of x,
 // so below 13 rows the gemv wins. Zen 4, 4096^2, cold, vdpbf16ps / gemv time, in turns:
 // int8 M = 12 / 13 / 32: 1.07 / 0.88 / 0.65; int4 g128 1.09 / 0.82 / 0.62 (Zen 5, int4: the
-// crossover at 12-16 rows).
+// crossover at 12-16 rows). With int4 weights the gemv is the vdpbf16ps one (int4_gemv_bf16,
+// passes of 4 rows of x); Zen 4, 4096^2 g128, cold, float32 / bfloat16 gemv time, in turns:
+// M = 1 1.18x, 2 1.09x, 3 1.14x, 4 1.20x, 8 1.16x, 12 1.23x. Past 12 that gemv against the
+// vdpbf16ps GEMM, GEMM / gemv time, cold (hot): M = 13 1.11x (1.08x), 14 1.07x (0.97x),
+// 15 1.02x, 16 0.96x (0.91x); too little to give int4 a switch of its own.
 constexpr int64_t kSmallMBFloat16 = 12;
 // float32 x with int4 weights stays on the AVX-512 gemv at every M (where no AMX path comes
 // first): its float32 FMAs run near the FMA peak, ahead of the other ways to multiply. Zen 5,
 // 4096^2 g128, hot, ms, gemv / three bfloat16 planes on AVX512-BF16 (bf16_linear.cpp):
 // M = 32 3.3 / 5.1, M = 128 14.5 / 16.6, M = 512 52 / 68; MKL's float32 tiles at M = 512: 104.
 constexpr int64_t kGemvAnyM = std::numeric_limits<int64_t>::max();
-// bfloat16 x with int4 weights on AVX512-BF16: the vdpbf16ps GEMV (int4_gemv_bf16) up to here,
-// the float32 one beyond (it takes x in passes of 4 rows, the bfloat16 one of 2). Zen 4,
-// 4096^2 g128, float32 / bfloat16 GEMV time, in turns, cold (hot): M = 1 1.18x (1.20x),
-// M = 2 1.09x (1.12x), M = 4 0.89x (0.86x), M = 8 0.82x (0.85x).
-constexpr int64_t kInt4Bf16GemvMaxM = 2;
 // bfloat16 x with int8 weights on AVX512-BF16: the gemv in vdpbf16ps (int8_gemv_bf16) from here
 // up to the vdpbf16ps GEMM (kSmallMBFloat16); below, the float32 gemv (one row: its row-by-row
 // kernel). Zen 4, cold, float32 / bfloat16 gemv time, in turns: 4096^2 M = 1 0.75x, 2 1.02-1.06x,
@@ -768,8 +767,8 @@ at::Tensor int4_linear_cpu(const at::Tensor& x, const at::Tensor& packed,
       int4_gemv_digits(gemv_digits->view, xsum.const_data_ptr<float>(), M, K, pp, sp, zp,
                        group_size, bp, yp, N, n0, n1);
     });
-  } else if (M <= kInt4Bf16GemvMaxM && int4_gemv_supported(group_size) && bf16_tiles(x) &&
-             vec == Isa::Avx512Vnni) {
+  } else if (M <= gemv_max_m(vec, x, N, K, /*int4=*/true) && int4_gemv_supported(group_size) &&
+             bf16_tiles(x) && vec == Isa::Avx512Vnni) {
     const at::Tensor xc = x2.contiguous();
     at::Tensor xp = at::empty({M, K}, xc.options());
     at::Tensor xsum = at::empty({M, G}, xc.options().dtype(at::kFloat));
