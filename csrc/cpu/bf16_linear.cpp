@@ -221,26 +221,35 @@ struct Avx512Dots {
   }
 };
 
-// y[m, n] = c * scale[n] + bias[n] for the valid rows / columns of an n-pair x m-pair.
-void epilogue(const float* c, int mt, int64_t n, int64_t m, int64_t mlim, int64_t nlim,
-              const float* scale, const float* bias, float* y, int64_t ldy) {
-  for (int tn = 0; tn < 2; ++tn)
+// y[m, n] = c * scale[n] + bias[n] for the valid rows / columns of an n-pair x m-pair, a row
+// of 16 columns at a time (a column of c's tile). The _round_ intrinsics are never contracted
+// into an FMA, so y rounds as the reference's (c * scale) + bias.
+MYQ_TARGET_AVX512 void epilogue(const float* c, int mt, int64_t n, int64_t m, int64_t mlim,
+                                int64_t nlim, const float* scale, const float* bias, float* y,
+                                int64_t ldy) {
+  constexpr int kRound = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+  for (int tn = 0; tn < 2; ++tn) {
+    const int64_t col = n + tn * kAmxTile;
+    if (col >= nlim) break;
+    const __mmask16 cols =
+        nlim - col >= kAmxTile ? __mmask16(0xFFFF) : __mmask16((1u << (nlim - col)) - 1);
+    const __m512 s = scale ? _mm512_maskz_loadu_ps(cols, scale + col) : _mm512_setzero_ps();
+    const __m512 b = bias ? _mm512_maskz_loadu_ps(cols, bias + col) : _mm512_setzero_ps();
     for (int tm = 0; tm < mt; ++tm) {
       const float* ct = c + (tn * mt + tm) * 256;
+      __m512i rows[kAmxTile];  // of the tile: weight rows -> rows of x
+      for (int j = 0; j < kAmxTile; ++j) rows[j] = _mm512_load_si512(ct + j * kAmxTile);
+      transpose_16x16(rows);
       for (int i = 0; i < kAmxTile; ++i) {
         const int64_t row = m + tm * kAmxTile + i;
         if (row >= mlim) break;
-        float* yr = y + row * ldy;
-        for (int j = 0; j < kAmxTile; ++j) {
-          const int64_t col = n + tn * kAmxTile + j;
-          if (col >= nlim) break;
-          float v = ct[j * kAmxTile + i];  // plain code: no FMA contraction
-          if (scale) v = v * scale[col];
-          if (bias) v = v + bias[col];
-          yr[col] = v;
-        }
+        __m512 v = _mm512_castsi512_ps(rows[i]);
+        if (scale) v = _mm512_mul_round_ps(v, s, kRound);
+        if (bias) v = _mm512_add_round_ps(v, b, kRound);
+        _mm512_mask_storeu_ps(y + row * ldy + col, cols, v);
       }
     }
+  }
 }
 
 // K chunk of the streaming mode (<= 2 x 16 rows of x): A stays in L1.

@@ -106,6 +106,12 @@ constexpr int64_t kSmallMAvx2Int8Tiles = 128;  // int8 weights too big to be mad
 // Tile of the large-M path: output columns per dequantized tile, and rows of x per mm.
 constexpr int64_t kTileN = 256;
 constexpr int64_t kTileM = 256;
+// Rows of bfloat16 x per task of the bfloat16 kernel (bf16_grid): each task converts its
+// weight rows once, so 256-row tasks converted every weight row twice at M = 512. Zen 4,
+// 4096^2 cold, 256 / 512 rows time in turns: int8 M = 384 1.03x, 512 1.01-1.04x, 1024 1.00x,
+// 2048 1.00x; int4 g128 M = 512 1.03-1.07x, 1024 1.12x, 2048 1.00x. (Planes of float x keep
+// kTileM: 3 planes of 512 rows would fill 12 MB of L3.)
+constexpr int64_t kTileMBFloat16 = 512;
 // int8 products (W8A8, W8A16 digits): task sizes of the (M, N) grid, M in blocks of 32 q rows.
 constexpr int64_t kDynTileN = 64;
 constexpr int64_t kDynTileMBlocks = 4;
@@ -377,7 +383,7 @@ void tiled_mm(const at::Tensor& x, int64_t N, const Dequant& dequant, const floa
 }
 
 // The bfloat16 kernels' set-up: packs the planes of x into B tiles, then fn(planes, m0, m1, n0,
-// n1) over a grid of (kAmxTileN columns, kTileM rows) tasks.
+// n1) over a grid of (kAmxTileN columns, kTileMBFloat16 or kTileM rows) tasks.
 template <typename Fn>
 void bf16_grid(const at::Tensor& x2, int64_t N, const Fn& fn) {
   const int64_t M = x2.size(0), K = x2.size(1);
@@ -397,7 +403,8 @@ void bf16_grid(const at::Tensor& x2, int64_t N, const Fn& fn) {
     }
   });
   const XPlanes x{packed, plane_stride, count};
-  parallel_tiles(M, N, kTileM, kAmxTileN, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  const int64_t tile_m = count == 1 ? kTileMBFloat16 : kTileM;
+  parallel_tiles(M, N, tile_m, kAmxTileN, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
     fn(x, m0, m1, n0, n1);
   });
 }
