@@ -47,7 +47,7 @@ LINEAR_SHAPES = [
                          # 16-column tiles and a single one (48 = 32 + 16) ...
     ((33,), 15, 2048),   # ... the dot kernel for N < 16
     ((34,), 24, 2050),   # ... and for K % 4 != 0
-    ((520,), 40, 96),    # bfloat16 x on the vdpbf16ps kernel: tasks of 512 rows (520 = 512 + 8)
+    ((520,), 80, 96),    # bfloat16 x on the vdpbf16ps kernel: tasks of 512 rows x 64 columns
 ]
 
 # (batch shape, N, K, group_size): K = group for per-channel; groups not a multiple of 16.
@@ -80,7 +80,7 @@ INT4_SHAPES = [
     ((64,), 24, 128, 64),     # AVX2 gemv up to M = 64 (M = 64 | 65)
     ((65,), 24, 128, 64),
     ((65,), 520, 2048, 128),  # per-thread tiles (dequantized weight > 4 MiB)
-    ((520,), 40, 96, 32),     # bfloat16 x on the vdpbf16ps kernel: tasks of 512 rows
+    ((520,), 80, 96, 32),     # bfloat16 x on the vdpbf16ps kernel: tasks of 512 rows x 64 columns
 ]
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]

@@ -110,7 +110,12 @@ constexpr int64_t kTileM = 256;
 // weight rows once, so 256-row tasks converted every weight row twice at M = 512. Zen 4,
 // 4096^2 cold, 256 / 512 rows time in turns: int8 M = 384 1.03x, 512 1.01-1.04x, 1024 1.00x,
 // 2048 1.00x; int4 g128 M = 512 1.03-1.07x, 1024 1.12x, 2048 1.00x. (Planes of float x keep
-// kTileM: 3 planes of 512 rows would fill 12 MB of L3.)
+// kTileM: 3 planes of 512 rows would fill 12 MB of L3.) The tasks go row block by row block:
+// column blocks outermost, each task swept all of x, which from M = 2048 (16 MB packed, with
+// a 32 MB y) fell out of L3, while a weight read once per row block costs little. Zen 4,
+// 4096^2, bfloat16 x, column / row blocks outermost, time in turns: int8 M = 1024 1.03x,
+// 2048 1.03-1.12x cold, 1.06x hot; int4 g128 M = 1024 1.00x, 2048 1.04x. (For the int8
+// products' 32-row tasks it lost: W8A16 float32 x M = 512 0.97x, weights read 16 times.)
 constexpr int64_t kTileMBFloat16 = 512;
 // int8 products (W8A8, W8A16 digits): task sizes of the (M, N) grid, M in blocks of 32 q rows.
 constexpr int64_t kDynTileN = 64;
@@ -259,14 +264,17 @@ void parallel_cols(int64_t N, int64_t work_per_col, const Fn& fn) {
 }
 
 // fn(m0, m1, n0, n1) over the (tile_m rows x tile_n columns) blocks of an [M, N] output, as
-// tasks spread over the threads; column blocks outermost, so consecutive tasks share weights.
+// tasks spread over the threads: column blocks outermost, so consecutive tasks share weights,
+// or (rows_outer) row blocks outermost, so they share a block of x.
 template <typename Fn>
-void parallel_tiles(int64_t M, int64_t N, int64_t tile_m, int64_t tile_n, const Fn& fn) {
+void parallel_tiles(int64_t M, int64_t N, int64_t tile_m, int64_t tile_n, const Fn& fn,
+                    bool rows_outer = false) {
   const int64_t nblocks = (N + tile_n - 1) / tile_n;
   const int64_t mblocks = (M + tile_m - 1) / tile_m;
   at::parallel_for(0, nblocks * mblocks, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t n0 = t / mblocks * tile_n, m0 = t % mblocks * tile_m;
+      const int64_t n0 = (rows_outer ? t % nblocks : t / mblocks) * tile_n;
+      const int64_t m0 = (rows_outer ? t / nblocks : t % mblocks) * tile_m;
       fn(m0, std::min(M, m0 + tile_m), n0, std::min(N, n0 + tile_n));
     }
   });
@@ -406,7 +414,7 @@ void bf16_grid(const at::Tensor& x2, int64_t N, const Fn& fn) {
   const int64_t tile_m = count == 1 ? kTileMBFloat16 : kTileM;
   parallel_tiles(M, N, tile_m, kAmxTileN, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
     fn(x, m0, m1, n0, n1);
-  });
+  }, /*rows_outer=*/true);
 }
 
 // The checks of both int8 ops: x float [..., K], weight int8 [N, K], scale and bias float
