@@ -48,6 +48,8 @@ LINEAR_SHAPES = [
     ((33,), 15, 2048),   # ... the dot kernel for N < 16
     ((34,), 24, 2050),   # ... and for K % 4 != 0
     ((520,), 80, 96),    # bfloat16 x on the vdpbf16ps kernel: tasks of 512 rows x 64 columns
+    ((600,), 80, 2048),  # float32 x's digits in VNNI / AMX product tiles: bands of 4 MB of
+                         # digits (512 rows here), the last one short
 ]
 
 # (batch shape, N, K, group_size): K = group for per-channel; groups not a multiple of 16.
