@@ -87,10 +87,15 @@ class Row:
     vs: dict = field(default_factory=dict)  # baseline name -> speed-up (baseline time / ours)
 
 
-ROUNDS = 3
+# Turns per case. With 3, a 0.1 s call (M = 512) ran 3 times in all and one slow spell of the
+# VM could hold all of one case's calls: the same code measured 1.00x and 1.37x F.linear fp32
+# in two quick reports. 7 turns of one call each spread such a spell over more of the cases
+# (two quick reports with 7 still differed by up to 1.2x in a ratio on that VM).
+ROUNDS = 7
 
 
-def _time_together(cases, min_seconds, min_calls=3, max_seconds=3.0, setups=None, optional=()):
+def _time_together(cases, min_seconds, min_calls=ROUNDS, max_seconds=3.0, setups=None,
+                   optional=()):
     """Median seconds per call of each case {name: (fn, copies)}, the cases timed in turns.
 
     The run is split into ROUNDS rounds, and in each one every case gets min_seconds / ROUNDS,
