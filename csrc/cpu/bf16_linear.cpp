@@ -231,8 +231,7 @@ MYQ_TARGET_AVX512 void epilogue(const float* c, int mt, int64_t n, int64_t m, in
   for (int tn = 0; tn < 2; ++tn) {
     const int64_t col = n + tn * kAmxTile;
     if (col >= nlim) break;
-    const __mmask16 cols =
-        nlim - col >= kAmxTile ? __mmask16(0xFFFF) : __mmask16((1u << (nlim - col)) - 1);
+    const __mmask16 cols = __mmask16((1u << std::min<int64_t>(kAmxTile, nlim - col)) - 1);
     const __m512 s = scale ? _mm512_maskz_loadu_ps(cols, scale + col) : _mm512_setzero_ps();
     const __m512 b = bias ? _mm512_maskz_loadu_ps(cols, bias + col) : _mm512_setzero_ps();
     for (int tm = 0; tm < mt; ++tm) {

@@ -752,6 +752,8 @@ at::Tensor int4_linear_cpu(const at::Tensor& x, const at::Tensor& packed,
   float* yp = y.mutable_data_ptr<float>();
   const at::Tensor x2 = x.reshape({M, K});
   const int64_t amx_min_m = x.scalar_type() == at::kBFloat16 ? kAmxMinMInt4 : kAmxMinMInt4Float;
+  const bool small_m = M <= gemv_max_m(vec, x, N, K, /*int4=*/true);
+  const bool gemv = small_m && int4_gemv_supported(group_size);
   const std::optional<at::Tensor> zeros8 =
       use_int4_digits(isa, x, M, K, group_size) ? int8_zeros(z) : std::nullopt;
   const std::optional<DigitX> digits = zeros8 ? split_x(x2, kInt4Chunk) : std::nullopt;
@@ -780,8 +782,7 @@ at::Tensor int4_linear_cpu(const at::Tensor& x, const at::Tensor& packed,
                            n0, n1);
     });
   } else if (group_size % kAmxBf16K == 0 &&
-             use_bf16_kernel(isa, K, M, amx_min_m,
-                             /*dots=*/M > gemv_max_m(vec, x, N, K, /*int4=*/true))) {
+             use_bf16_kernel(isa, K, M, amx_min_m, /*dots=*/!small_m)) {
     bf16_grid(x2, N, [&](const XPlanes& xp, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
       int4_linear_bf16(isa, xp, K, pp, sp, zp, group_size, bp, yp, N, M, N, m0, m1, n0, n1);
     });
@@ -794,8 +795,7 @@ at::Tensor int4_linear_cpu(const at::Tensor& x, const at::Tensor& packed,
       int4_gemv_digits(gemv_digits->view, xsum.const_data_ptr<float>(), M, K, pp, sp, zp,
                        group_size, bp, yp, N, n0, n1);
     });
-  } else if (M <= gemv_max_m(vec, x, N, K, /*int4=*/true) && int4_gemv_supported(group_size) &&
-             bf16_tiles(x) && vec == Isa::Avx512Vnni) {
+  } else if (gemv && bf16_tiles(x) && vec == Isa::Avx512Vnni) {
     const at::Tensor xc = x2.contiguous();
     at::Tensor xp = at::empty({M, K}, xc.options());
     at::Tensor xsum = at::empty({M, G}, xc.options().dtype(at::kFloat));
@@ -809,7 +809,7 @@ at::Tensor int4_linear_cpu(const at::Tensor& x, const at::Tensor& packed,
       int4_gemv_bf16(xp.const_data_ptr<c10::BFloat16>(), xsum.const_data_ptr<float>(), M, K, pp,
                      sp, zp, group_size, bp, yp, N, n0, n1);
     });
-  } else if (M <= gemv_max_m(vec, x, N, K, /*int4=*/true) && int4_gemv_supported(group_size)) {
+  } else if (gemv) {
     const at::Tensor xf = x2.to(at::kFloat).contiguous();
     const float* xfp = xf.const_data_ptr<float>();
     at::Tensor xp, xsum;  // the reordered x, for the paths that read it
