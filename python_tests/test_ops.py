@@ -78,6 +78,20 @@ def test_int8_linear_propagates_inf_and_nan(backend, dtype, rows):
                         ((x.double().abs() @ weight.double().abs().T) * scale.double())[finite], dtype)
 
 
+# Rows on both sides of the switches to the bfloat16 kernel (from 13) and to its 512-row tasks.
+@pytest.mark.parametrize("rows", [4, 40, 520])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_int8_linear_rounds_to_nearest(backend, dtype, rows):
+    """A bfloat16 / float16 result is the float32 sum rounded to nearest, as torch rounds: a
+    truncating conversion would stay within test_int8_ops' bound but miss about half of these."""
+    x = torch.randn(rows, 256).to(dtype)
+    weight, scale = int8_weight(96, 256)
+    y = myq_kernels.int8_linear(x, weight, scale)
+    expected, _ = int8_expected(x, weight, scale, None)
+    matches = (y == expected.to(dtype)).double().mean().item()
+    assert matches >= 0.99, f"only {matches:.1%} of the results are the exact sum rounded to nearest"
+
+
 @pytest.mark.parametrize("rows", [2, 33])
 def test_int8_linear_with_k_beyond_exact_int32_digit_sums(backend, rows):
     """K >= 2^17 would overflow the int32 digit sums: int8_linear takes a float path there."""

@@ -221,12 +221,28 @@ struct Avx512Dots {
   }
 };
 
+// y[row, col .. col + 15] = v in y's dtype, the lanes of `cols`.
+MYQ_TARGET_AVX512 inline void store_y(const YRows& y, int64_t row, int64_t col, __mmask16 cols,
+                                      __m512 v) {
+  const int64_t at = row * y.ld + col;
+  switch (y.type) {
+    case YType::Float: _mm512_mask_storeu_ps(static_cast<float*>(y.data) + at, cols, v); break;
+    case YType::BFloat16:
+      _mm256_mask_storeu_epi16(static_cast<uint16_t*>(y.data) + at, cols, bf16_round_bits(v));
+      break;
+    case YType::Half:
+      _mm256_mask_storeu_epi16(static_cast<uint16_t*>(y.data) + at, cols,
+                               _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+      break;
+  }
+}
+
 // y[m, n] = c * scale[n] + bias[n] for the valid rows / columns of an n-pair x m-pair, a row
 // of 16 columns at a time (a column of c's tile). The _round_ intrinsics are never contracted
 // into an FMA, so y rounds as the reference's (c * scale) + bias.
 MYQ_TARGET_AVX512 void epilogue(const float* c, int mt, int64_t n, int64_t m, int64_t mlim,
-                                int64_t nlim, const float* scale, const float* bias, float* y,
-                                int64_t ldy) {
+                                int64_t nlim, const float* scale, const float* bias,
+                                const YRows& y) {
   constexpr int kRound = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
   for (int tn = 0; tn < 2; ++tn) {
     const int64_t col = n + tn * kAmxTile;
@@ -245,7 +261,7 @@ MYQ_TARGET_AVX512 void epilogue(const float* c, int mt, int64_t n, int64_t m, in
         __m512 v = _mm512_castsi512_ps(rows[i]);
         if (scale) v = _mm512_mul_round_ps(v, s, kRound);
         if (bias) v = _mm512_add_round_ps(v, b, kRound);
-        _mm512_mask_storeu_ps(y + row * ldy + col, cols, v);
+        store_y(y, row, col, cols, v);
       }
     }
   }
@@ -278,7 +294,7 @@ MYQ_TARGET_AVX512 void add_scaled_group(const float* c, int mt, const GroupScale
 
 template <typename Product, typename Convert>
 void run(const XPlanes& x, int64_t K, const Convert& convert, const GroupScales& groups,
-         const float* scale, const float* bias, float* y, int64_t ldy, int64_t M, int64_t N,
+         const float* scale, const float* bias, const YRows& y, int64_t M, int64_t N,
          int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   const uint16_t* x16 = reinterpret_cast<const uint16_t*>(x.data);
   const int64_t xblock = K * kAmxTile;  // bf16 elements of one packed 16-row block of x
@@ -326,7 +342,7 @@ void run(const XPlanes& x, int64_t K, const Convert& convert, const GroupScales&
         convert(n, k0, k1, a, lda);
         product(a, lda, k0, xb, k0, k1, mt, n);
       }
-      epilogue(out, mt, n, m0, mlim, nlim, scale, bias, y, ldy);
+      epilogue(out, mt, n, m0, mlim, nlim, scale, bias, y);
     }
   } else {
     // Convert 32 full weight rows once (into L2), then sweep the rows of x over them.
@@ -337,7 +353,7 @@ void run(const XPlanes& x, int64_t K, const Convert& convert, const GroupScales&
       for (int64_t m = m0; m < m1; m += kPair) {
         const int mt = m + kAmxTile < m1 ? 2 : 1;
         product(a, lda, 0, x16 + (m / kAmxTile) * xblock, 0, K, mt, n);
-        epilogue(out, mt, n, m, mlim, nlim, scale, bias, y, ldy);
+        epilogue(out, mt, n, m, mlim, nlim, scale, bias, y);
       }
     }
   }
@@ -412,19 +428,19 @@ template void pack_x_planes<c10::Half>(const c10::Half*, int64_t, int64_t, c10::
                                        int64_t, int64_t, int64_t);
 
 void int8_linear_bf16(Isa isa, const XPlanes& x, int64_t K, const int8_t* w, const float* scale,
-                      const float* bias, float* y, int64_t ldy, int64_t M, int64_t N, int64_t m0,
+                      const float* bias, const YRows& y, int64_t M, int64_t N, int64_t m0,
                       int64_t m1, int64_t n0, int64_t n1) {
   const Int8Rows rows{w, K, N};
   const GroupScales none{nullptr, 0};
   if (isa == Isa::Avx512Amx)
-    run<AmxTiles>(x, K, rows, none, scale, bias, y, ldy, M, N, m0, m1, n0, n1);
+    run<AmxTiles>(x, K, rows, none, scale, bias, y, M, N, m0, m1, n0, n1);
   else
-    run<Avx512Dots>(x, K, rows, none, scale, bias, y, ldy, M, N, m0, m1, n0, n1);
+    run<Avx512Dots>(x, K, rows, none, scale, bias, y, M, N, m0, m1, n0, n1);
 }
 
 void int4_linear_bf16(Isa isa, const XPlanes& x, int64_t K, const uint8_t* packed,
                       const float* scales, const float* zeros, int64_t group_size,
-                      const float* bias, float* y, int64_t ldy, int64_t M, int64_t N, int64_t m0,
+                      const float* bias, const YRows& y, int64_t M, int64_t N, int64_t m0,
                       int64_t m1, int64_t n0, int64_t n1) {
   // bfloat16 x (one plane) meets bf16-rounded weights, as int4_dequant gives a bf16 GEMM;
   // float x keeps float32 accuracy: exact (q - zero) tiles, group scales applied in float32.
@@ -432,9 +448,9 @@ void int4_linear_bf16(Isa isa, const XPlanes& x, int64_t K, const uint8_t* packe
   const Int4Rows rows{packed, one_plane ? scales : nullptr, zeros, group_size, K, N};
   const GroupScales groups = one_plane ? GroupScales{nullptr, 0} : GroupScales{scales, group_size};
   if (isa == Isa::Avx512Amx)
-    run<AmxTiles>(x, K, rows, groups, nullptr, bias, y, ldy, M, N, m0, m1, n0, n1);
+    run<AmxTiles>(x, K, rows, groups, nullptr, bias, y, M, N, m0, m1, n0, n1);
   else
-    run<Avx512Dots>(x, K, rows, groups, nullptr, bias, y, ldy, M, N, m0, m1, n0, n1);
+    run<Avx512Dots>(x, K, rows, groups, nullptr, bias, y, M, N, m0, m1, n0, n1);
 }
 
 }  // namespace myq

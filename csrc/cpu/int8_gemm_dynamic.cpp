@@ -422,6 +422,22 @@ MYQ_TARGET_AVX512 void store_tile_row(const QuantX& x, int64_t m, const int32_t*
   _mm512_storeu_ps(y, v);
 }
 
+// One 16 x 16 block of 4-byte values: `rows` rows of `columns` values, stride bytes apart at
+// src (the rest 0), to dst as one 16-row vector per column. kWhole (16 x 16) has fixed trip
+// counts, so GCC keeps the block in registers; with the counts as variables it kept it on the
+// stack and copied it with `rep movsq` (Zen 4, int8_linear bf16 576 x 1536, M = 512: 13.8% of
+// the profile's samples, 3-6.5% after).
+template <bool kWhole>
+MYQ_TARGET_AVX512 inline void pack_block(const char* src, int64_t stride, int64_t rows,
+                                         int64_t columns, int32_t* dst) {
+  const __mmask16 cols = kWhole ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << columns) - 1);
+  __m512i v[kAmxTile];
+  for (int64_t r = 0; r < kAmxTile; ++r)
+    v[r] = kWhole || r < rows ? _mm512_maskz_loadu_epi32(cols, src + r * stride) : _mm512_setzero_si512();
+  transpose_16x16(v);
+  for (int64_t c = 0; c < (kWhole ? kAmxTile : columns); ++c) _mm512_storeu_si512(dst + c * kAmxTile, v[c]);
+}
+
 }  // namespace
 
 // 16 4-byte columns of a 16-row block at a time, as a 16 x 16 transpose in registers: one
@@ -436,13 +452,10 @@ MYQ_TARGET_AVX512 void amx_pack_rows(const void* src, int64_t row_bytes, int64_t
     const char* block = s + b * kAmxTile * src_stride;
     for (int64_t g = 0; g < groups; g += kAmxTile) {
       const int64_t count = std::min<int64_t>(kAmxTile, groups - g);
-      const __mmask16 cols = static_cast<__mmask16>((1u << count) - 1);
-      __m512i v[kAmxTile];
-      for (int64_t r = 0; r < kAmxTile; ++r)  // rows past the end: 0
-        v[r] = r < valid ? _mm512_maskz_loadu_epi32(cols, block + r * src_stride + 4 * g)
-                         : _mm512_setzero_si512();
-      transpose_16x16(v);
-      for (int64_t c = 0; c < count; ++c) _mm512_storeu_si512(d + (g + c) * kAmxTile, v[c]);
+      if (valid == kAmxTile && count == kAmxTile)
+        pack_block<true>(block + 4 * g, src_stride, valid, count, d + g * kAmxTile);
+      else
+        pack_block<false>(block + 4 * g, src_stride, valid, count, d + g * kAmxTile);
     }
   }
 }

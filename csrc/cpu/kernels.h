@@ -176,7 +176,7 @@ void int4_linear_amx_int8(const int8_t* qp, const QuantX& x, int64_t K, const ui
 // 32 weight rows at a time to bfloat16 (int8: exact; int4 with bfloat16 x:
 // (q - zero) * scale rounded to bfloat16, as in int4_dequant; int4 with float x: q - zero,
 // exact, each group's sum scaled in float32) and the dot products accumulate exact products
-// in float32. y[m*ldy + n] for m in [m0, m1) (m0 a multiple of 16), n in [n0, n1) (n0 a
+// in float32. y[m, n] for m in [m0, m1) (m0 a multiple of 16), n in [n0, n1) (n0 a
 // multiple of 32): int8: acc * scale[n] + bias[n]; int4: acc + bias[n].
 // x may come as several bfloat16 planes whose sum is x exactly (float32 x = 3 planes, float16
 // x = 2): every plane meets the same converted weights, so float x costs extra products but
@@ -193,12 +193,20 @@ struct XPlanes {
 template <typename T>  // float or c10::Half
 void pack_x_planes(const T* x, int64_t K, int64_t rows_total, c10::BFloat16* dst,
                    int64_t plane_stride, int64_t b0, int64_t b1);
+// Their y, row m at data + m * ld elements: float32, or x's bfloat16 / float16, to which the
+// epilogue rounds the float32 result to nearest even (as y.to(dtype) rounds it).
+enum class YType { Float, BFloat16, Half };
+struct YRows {
+  void* data;
+  int64_t ld;
+  YType type;
+};
 void int8_linear_bf16(Isa isa, const XPlanes& x, int64_t K, const int8_t* w, const float* scale,
-                      const float* bias, float* y, int64_t ldy, int64_t M, int64_t N, int64_t m0,
+                      const float* bias, const YRows& y, int64_t M, int64_t N, int64_t m0,
                       int64_t m1, int64_t n0, int64_t n1);
 void int4_linear_bf16(Isa isa, const XPlanes& x, int64_t K, const uint8_t* packed,
                       const float* scales, const float* zeros, int64_t group_size,
-                      const float* bias, float* y, int64_t ldy, int64_t M, int64_t N, int64_t m0,
+                      const float* bias, const YRows& y, int64_t M, int64_t N, int64_t m0,
                       int64_t m1, int64_t n0, int64_t n1);
 
 // ---- int4 packing (int4_pack.cpp) ----------------------------------------------------

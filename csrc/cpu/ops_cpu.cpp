@@ -206,15 +206,31 @@ std::vector<int64_t> out_shape(const at::Tensor& x, int64_t n) {
   return shape;
 }
 
-// The float32 [M, N] result the kernels write, M = x's rows (all dimensions but the last).
-at::Tensor float_result(const at::Tensor& x, int64_t n) {
-  const int64_t M = c10::multiply_integers(x.sizes().begin(), x.sizes().end() - 1);
-  return at::empty({M, n}, x.options().dtype(at::kFloat));
+// x's rows: all its dimensions but the last.
+int64_t x_rows(const at::Tensor& x) {
+  return c10::multiply_integers(x.sizes().begin(), x.sizes().end() - 1);
 }
 
-// y float32 [M, N] -> x's dtype, shape [..., N].
+// The [M, N] result the kernels write: float32, or x's dtype for the bfloat16 kernels, whose
+// epilogue rounds to it, where a float32 y took a second pass (torch's conversion) and twice
+// the stores. Zen 4, bfloat16 x, time with a float32 y / in x's dtype, in turns, int8 (int4
+// g64) M = 128 / 512: 1536 x 576 1.25 / 1.08x (1.19 / 1.15x), 576 x 1536 1.08 / 1.01x (1.07 /
+// 1.06x), 4096^2 1.01 / 1.04x (1.01 / 1.01x).
+at::Tensor kernel_result(const at::Tensor& x, int64_t n, bool in_x_dtype = false) {
+  return at::empty({x_rows(x), n}, in_x_dtype ? x.options() : x.options().dtype(at::kFloat));
+}
+
+// y [M, N] as the bfloat16 kernels' YRows.
+YRows y_rows(at::Tensor& y) {
+  const YType type = y.scalar_type() == at::kBFloat16 ? YType::BFloat16
+                     : y.scalar_type() == at::kHalf   ? YType::Half
+                                                      : YType::Float;
+  return {y.mutable_data_ptr(), y.size(1), type};
+}
+
+// y [M, N] -> x's dtype, shape [..., N].
 at::Tensor finish(const at::Tensor& y, const at::Tensor& x, int64_t n) {
-  at::Tensor out = x.scalar_type() == at::kFloat ? y : y.to(x.scalar_type());
+  at::Tensor out = x.scalar_type() == y.scalar_type() ? y : y.to(x.scalar_type());
   return out.view(out_shape(x, n));
 }
 
@@ -401,7 +417,10 @@ void tiled_mm(const at::Tensor& x, int64_t N, const Dequant& dequant, const floa
 }
 
 // The bfloat16 kernels' set-up: packs the planes of x into B tiles, then fn(planes, m0, m1, n0,
-// n1) over a grid of (kAmxTileN columns, kTileMBFloat16 or kTileM rows) tasks.
+// n1) over a grid of (kAmxRowPair columns, kTileMBFloat16 or kTileM rows) tasks: one task per
+// block of weight rows the kernel converts, so that small N still splits evenly (Zen 4, 576 x
+// 1536 bfloat16 x, M = 128 / 512: 9 tasks of 64 columns for 2 threads, 32 / 64 columns
+// 1.06-1.10x faster in turns; 4096^2 and 1536 x 576 0.98-1.01x).
 template <typename Fn>
 void bf16_grid(const at::Tensor& x2, int64_t N, const Fn& fn) {
   const int64_t M = x2.size(0), K = x2.size(1);
@@ -422,7 +441,7 @@ void bf16_grid(const at::Tensor& x2, int64_t N, const Fn& fn) {
   });
   const XPlanes x{packed, plane_stride, count};
   const int64_t tile_m = count == 1 ? kTileMBFloat16 : kTileM;
-  parallel_tiles(M, N, tile_m, kAmxTileN, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  parallel_tiles(M, N, tile_m, kAmxRowPair, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
     fn(x, m0, m1, n0, n1);
   }, /*band_blocks=*/1);
 }
@@ -626,26 +645,28 @@ void w8a8_float_gemm(Isa vec, const int8_t* q, int64_t ldq, const float* rs, int
 at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& weight,
                            const at::Tensor& scale, const std::optional<at::Tensor>& bias) {
   const auto [s, b] = check_int8_args(x, weight, scale, bias, "int8_linear");
-  const int64_t N = weight.size(0), K = weight.size(1);
-  at::Tensor y = float_result(x, N);
-  const int64_t M = y.size(0);
-  if (y.numel() == 0) return finish(y, x, N);
+  const int64_t N = weight.size(0), K = weight.size(1), M = x_rows(x);
+  if (M * N == 0) return finish(kernel_result(x, N), x, N);
   const at::Tensor w = weight.contiguous();
   const Isa isa = cpu_isa(), vec = vector_isa(isa);
   const at::Tensor x2 = x.reshape({M, K});
   const float* sp = s.const_data_ptr<float>();
   const float* bp = ptr_or_null<float>(b);
-  float* yp = y.mutable_data_ptr<float>();
   const int8_t* wp = w.const_data_ptr<int8_t>();
   const std::optional<DigitX> digits =
       use_digits(isa, x, M, K, N) ? split_x(x2, /*int4_chunk=*/0) : std::nullopt;
+  const bool bf16_kernel =
+      !digits && use_bf16_kernel(isa, K, M, kAmxMinM,
+                                 /*dots=*/bf16_tiles(x) ? M > kSmallMBFloat16
+                                                        : M > kSmallM && K >= kVnniMinK);
+  at::Tensor y = kernel_result(x, N, /*in_x_dtype=*/bf16_kernel);
+  float* yp = bf16_kernel ? nullptr : y.mutable_data_ptr<float>();
   if (digits) {
     int8_product(isa, digits->view, M, K, N, /*amx_min_m=*/1, wp, sp, bp, yp);
-  } else if (use_bf16_kernel(isa, K, M, kAmxMinM,
-                             /*dots=*/bf16_tiles(x) ? M > kSmallMBFloat16
-                                                    : M > kSmallM && K >= kVnniMinK)) {
+  } else if (bf16_kernel) {
+    const YRows yr = y_rows(y);
     bf16_grid(x2, N, [&](const XPlanes& xp, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-      int8_linear_bf16(isa, xp, K, wp, sp, bp, yp, N, M, N, m0, m1, n0, n1);
+      int8_linear_bf16(isa, xp, K, wp, sp, bp, yr, M, N, m0, m1, n0, n1);
     });
   } else if (M <= gemv_max_m(vec, x, N, K, /*int4=*/false)) {
     if (bf16_tiles(x) && vec == Isa::Avx512Vnni && M >= kInt8Bf16GemvMinM) {
@@ -684,7 +705,7 @@ at::Tensor int8_linear_dynamic_cpu(const at::Tensor& x, const at::Tensor& weight
                                    const std::optional<at::Tensor>& bias) {
   const auto [s, b] = check_int8_args(x, weight, scale, bias, "int8_linear_dynamic");
   const int64_t N = weight.size(0), K = weight.size(1);
-  at::Tensor y = float_result(x, N);
+  at::Tensor y = kernel_result(x, N);
   const int64_t M = y.size(0);
   if (y.numel() == 0) return finish(y, x, N);
   const Isa isa = cpu_isa(), vec = vector_isa(isa);
@@ -740,16 +761,14 @@ at::Tensor int4_linear_cpu(const at::Tensor& x, const at::Tensor& packed,
   at::Tensor s = float_param(scales, {N, G}, op, "scales");
   at::Tensor z = float_param(zeros, {N, G}, op, "zeros");
   at::Tensor b = float_param(bias, {N}, op, "bias");
-  at::Tensor y = float_result(x, N);
-  const int64_t M = y.size(0);
-  if (y.numel() == 0) return finish(y, x, N);
+  const int64_t M = x_rows(x);
+  if (M * N == 0) return finish(kernel_result(x, N), x, N);
   const Isa isa = cpu_isa(), vec = vector_isa(isa);
   const at::Tensor p = packed.contiguous();
   const uint8_t* pp = p.const_data_ptr<uint8_t>();
   const float* sp = s.const_data_ptr<float>();
   const float* zp = ptr_or_null<float>(z);
   const float* bp = ptr_or_null<float>(b);
-  float* yp = y.mutable_data_ptr<float>();
   const at::Tensor x2 = x.reshape({M, K});
   const int64_t amx_min_m = x.scalar_type() == at::kBFloat16 ? kAmxMinMInt4 : kAmxMinMInt4Float;
   const bool small_m = M <= gemv_max_m(vec, x, N, K, /*int4=*/true);
@@ -760,6 +779,10 @@ at::Tensor int4_linear_cpu(const at::Tensor& x, const at::Tensor& packed,
   const std::optional<DigitX> gemv_digits =
       !digits && use_int4_gemv_digits(vec, M, N, K, group_size) ? split_x(x2, kInt4DigitStep)
                                                                 : std::nullopt;
+  const bool bf16_kernel = !digits && group_size % kAmxBf16K == 0 &&
+                           use_bf16_kernel(isa, K, M, amx_min_m, /*dots=*/!small_m);
+  at::Tensor y = kernel_result(x, N, /*in_x_dtype=*/bf16_kernel);
+  float* yp = bf16_kernel ? nullptr : y.mutable_data_ptr<float>();
   // Dequantized tiles for at::mm: large M, and x holding inf or NaN where a GEMV would take
   // the zero points off at the end (sum of x * scale * zero), which turns an inf into NaN.
   auto int4_tiles = [&] {
@@ -781,10 +804,10 @@ at::Tensor int4_linear_cpu(const at::Tensor& x, const at::Tensor& packed,
       int4_linear_amx_int8(qpp, digits->view, K, pp, sp, zp8, group_size, bp, yp, N, M, N, m0, m1,
                            n0, n1);
     });
-  } else if (group_size % kAmxBf16K == 0 &&
-             use_bf16_kernel(isa, K, M, amx_min_m, /*dots=*/!small_m)) {
+  } else if (bf16_kernel) {
+    const YRows yr = y_rows(y);
     bf16_grid(x2, N, [&](const XPlanes& xp, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-      int4_linear_bf16(isa, xp, K, pp, sp, zp, group_size, bp, yp, N, M, N, m0, m1, n0, n1);
+      int4_linear_bf16(isa, xp, K, pp, sp, zp, group_size, bp, yr, M, N, m0, m1, n0, n1);
     });
   } else if (gemv_digits) {
     at::Tensor xsum = at::empty({M, G}, x.options().dtype(at::kFloat));

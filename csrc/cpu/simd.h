@@ -117,11 +117,14 @@ MYQ_TARGET_AVX512 inline __m512i exact_bf16_bits(__m512 lo, __m512 hi) {
   return _mm512_permutex2var_epi16(_mm512_castps_si512(lo), odd_words, _mm512_castps_si512(hi));
 }
 
-// float -> bfloat16 bits, round to nearest even (finite values), 16 lanes.
+// float -> bfloat16 bits, round to nearest even, 16 lanes; NaN -> 0x7FC0, as c10::BFloat16
+// rounds (the rounding add would carry a NaN's payload into its sign).
 MYQ_TARGET_AVX512 inline __m256i bf16_round_bits(__m512 f) {
   __m512i bits = _mm512_castps_si512(f);
   __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
   bits = _mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF)));
+  bits = _mm512_mask_mov_epi32(bits, _mm512_cmp_ps_mask(f, f, _CMP_UNORD_Q),
+                               _mm512_set1_epi32(0x7FC00000));
   return _mm512_cvtepi32_epi16(_mm512_srli_epi32(bits, 16));
 }
 
@@ -177,17 +180,19 @@ MYQ_TARGET_AVX512 inline void transpose_16x16(__m512i v[16]) {
     v[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
     v[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
   }
-  for (int c = 0; c < 4; ++c) {  // column 4L + c: lane group L of v[c], v[4 + c], v[8 + c], v[12 + c]
+  // Column 4L + c: lane group L of v[c], v[4 + c], v[8 + c], v[12 + c], which this step reads
+  // and then overwrites, so the result lands in v without a copy (a 1 KiB copy of t, which
+  // GCC made a `rep movsq` in amx_pack_rows).
+  for (int c = 0; c < 4; ++c) {
     const __m512i u0 = _mm512_shuffle_i32x4(v[c], v[4 + c], 0x44);
     const __m512i u1 = _mm512_shuffle_i32x4(v[c], v[4 + c], 0xEE);
     const __m512i u2 = _mm512_shuffle_i32x4(v[8 + c], v[12 + c], 0x44);
     const __m512i u3 = _mm512_shuffle_i32x4(v[8 + c], v[12 + c], 0xEE);
-    t[c] = _mm512_shuffle_i32x4(u0, u2, 0x88);
-    t[4 + c] = _mm512_shuffle_i32x4(u0, u2, 0xDD);
-    t[8 + c] = _mm512_shuffle_i32x4(u1, u3, 0x88);
-    t[12 + c] = _mm512_shuffle_i32x4(u1, u3, 0xDD);
+    v[c] = _mm512_shuffle_i32x4(u0, u2, 0x88);
+    v[4 + c] = _mm512_shuffle_i32x4(u0, u2, 0xDD);
+    v[8 + c] = _mm512_shuffle_i32x4(u1, u3, 0x88);
+    v[12 + c] = _mm512_shuffle_i32x4(u1, u3, 0xDD);
   }
-  for (int i = 0; i < 16; ++i) v[i] = t[i];
 }
 
 // The 16 values c[r + 16 j], j < 16: column r of a stored 16 x 16 tile (rows 64 bytes apart).
