@@ -40,14 +40,15 @@ LINEAR_SHAPES = [
     ((64,), 33, 200),    # AVX2 gemv up to M = 64 where the weight is dequantized whole (64 | 65)
     ((65,), 33, 200),
     ((128,), 520, 2048),  # ... and up to 128 for int8 in per-thread tiles (> 4 MiB): 128 | 129;
-                          # VNNI digits from K = 2048 (K = 1000 above | 2048)
+                          # int8_linear's VNNI digits from K = 512 (384 above | 512), W8A8's
+                          # from K = 2048 (1000 above | 2048)
     ((129,), 520, 2048),
     ((33,), 48, 2048),   # int8 products on AVX-512 VNNI without AMX (W8A8 from K = 2048,
                          # digits): product tiles from M = 33, N >= 16, K % 4 == 0, in pairs of
                          # 16-column tiles and a single one (48 = 32 + 16) ...
     ((33,), 15, 2048),   # ... the dot kernel for N < 16
     ((34,), 24, 2050),   # ... and for K % 4 != 0
-    ((520,), 80, 96),    # bfloat16 x on the vdpbf16ps kernel: tasks of 512 rows x 64 columns
+    ((520,), 80, 96),    # bfloat16 x on the vdpbf16ps kernel: tasks of 512 rows x 32 columns
     ((600,), 80, 2048),  # float32 x's digits in VNNI / AMX product tiles: bands of 4 MB of
                          # digits (512 rows here), the last one short
 ]

@@ -22,7 +22,7 @@
 //   int8_linear on AMX,       before all of the above: x split into 3-4 int8 digits per row
 //   K % 64 == 0, N >= 16      (x_digits.cpp) and multiplied on AMX-INT8 like W8A8, so the
 //                             weights are never widened (bfloat16 x: M <= 32 only); on
-//                             AVX-512 VNNI without AMX the same from M = 33 and K = 2048, on
+//                             AVX-512 VNNI without AMX the same from M = 33 and K = 512, on
 //                             VNNI product tiles (K % 4 == 0, N >= 16) or the dot kernel.
 //   int4_linear on AMX,       likewise from M = 5 with float32 x (float16 x: M = 5..32) and
 //   group_size % 64 == 0      integer zero points, on exact int8 q - zero tiles
@@ -144,19 +144,25 @@ constexpr int64_t kAmxTileN = 64;
 // with it, our vdpbf16ps kernel (exact products, float32 sums): Zen 5, 4096^2 hot, M = 128:
 // 6.0 ms against 12.7 for the digits and 6.5 for F.linear bf16.
 constexpr int64_t kDigitsMaxK = (int64_t(1) << 17) - 1;
-// Without AMX the VNNI kernel's work per output (16 horizontal sums per 4 x 4 block, the
-// digits combined in double) weighs on short rows: below this K and beyond kSmallM rows,
-// int8_linear's float x takes MKL's tiles and W8A8 torch's int8 GEMM (at::_int_mm).
+// Without AMX the VNNI kernels' work per output weighs on short rows: below this K and beyond
+// kSmallM rows, W8A8 takes torch's int8 GEMM (at::_int_mm), then our epilogue.
 // W8A8, Zen 4, hot, _int_mm / VNNI time in turns, M = 33 / 128 / 512: 1536x576 0.90 / 0.70 /
 // 0.72, 576x1536 1.08 / 0.82 / 0.73, 3072x768 0.90 / 0.76 / 0.77, 768x3072 1.25 / 0.80 / 0.93,
-// 4096^2 2.07 / 1.16 / 1.03, 11008x4096 1.98 / 1.06 / 0.83.
-// int8_linear float32 x, Zen 4, hot, against F.linear fp32 in turns, M = 128 / 512, digits
-// -> MKL tiles: 1536x576 0.43-0.63x / 0.52-0.57x -> 0.83-0.89x / 0.97-0.98x; 576x1536
-// 0.79-0.83 / 0.75-0.76 -> 0.63-0.83 / 0.86-0.92; 3072x768 0.74-0.84 / 0.75-0.78 -> 1.05-1.27
-// / 1.00-1.08; 768x3072 0.97-1.03 / 0.72-0.85 -> 0.86-0.90 / 0.70-0.75; 4096^2 1.49 / 0.98
-// -> 1.29 / 1.06 (the quick reports: digits 1.04-1.09x at M = 512). The bf16 planes
-// (vdpbf16ps, 3 per float) ran 0.63-1.11x.
+// 4096^2 2.07 / 1.16 / 1.03, 11008x4096 1.98 / 1.06 / 0.83 (2026-12-04, M = 128 / 512 with
+// the product tiles: 1536x576 0.92 / 0.87, 576x1536 0.99 / 0.94, 3072x768 0.96 / 0.91).
 constexpr int64_t kVnniMinK = 2048;
+// int8_linear's float x: its digits on the VNNI product tiles from this K, beyond kSmallM rows;
+// below, MKL's tiles. (An earlier measurement had the digits losing below K = 2048, e.g.
+// 1536x576 M = 128 / 512 at 0.43-0.63x / 0.52-0.57x F.linear fp32, against 0.83-0.98x for MKL's
+// tiles; they run on the product tiles, whose outputs need no horizontal sums.) The bf16
+// planes (vdpbf16ps, 3 per float) ran 0.63-1.11x of MKL's tiles.
+// Zen 4, in turns, MKL's tiles / digits time, float32 x hot (cold), M = 64 / 128 / 256 / 512 / 2048:
+// 1536x576 2.85 (1.40) / 1.20 / 1.06 (1.28) / 1.05 / 0.92x; 576x1536 1.38 (1.55) / 2.01 /
+// 1.35 (1.48) / 1.04 / 1.12x; 3072x768 1.21 / 1.16 / 1.08 / 1.07x; 1024x512 M = 33 / 128 /
+// 512 / 2048 1.84 / 1.88 / 1.04 / 1.03x; float16 x M = 64 / 256 / 512: 1536x576 1.68 / 1.55 /
+// 1.29x, 576x1536 3.05 / 1.62 / 1.25x. Below 512 MKL wins at M = 512: K = 384 / 256 / 128
+// 0.96 / 0.85 / 0.62x. (MKL's tiles ran 1.2-2.9x slower than F.linear in some turns at M <= 128.)
+constexpr int64_t kDigitsMinK = 512;
 constexpr int64_t kDigitsMaxMBFloat16 = 32;
 constexpr int64_t kInt4DigitsMinM = 5;
 constexpr int64_t kInt4DigitsMaxMFloat16 = 32;
@@ -564,7 +570,7 @@ bool use_digits(Isa isa, const at::Tensor& x, int64_t M, int64_t K, int64_t N) {
   const bool bf16 = x.scalar_type() == at::kBFloat16;
   if (isa == Isa::Avx512Amx)
     return K % kAmxK == 0 && N >= kAmxTile && (!bf16 || M <= kDigitsMaxMBFloat16);
-  return isa == Isa::Avx512Vnni && M > kSmallM && K >= kVnniMinK &&
+  return isa == Isa::Avx512Vnni && M > kSmallM && K >= kDigitsMinK &&
          !(bf16 && cpu_has_bf16_gemm());
 }
 
