@@ -83,7 +83,7 @@ INT4_SHAPES = [
     ((64,), 24, 128, 64),     # AVX2 gemv up to M = 64 (M = 64 | 65)
     ((65,), 24, 128, 64),
     ((65,), 520, 2048, 128),  # per-thread tiles (dequantized weight > 4 MiB)
-    ((520,), 80, 96, 32),     # bfloat16 x on the vdpbf16ps kernel: tasks of 512 rows x 64 columns
+    ((520,), 80, 96, 32),     # bfloat16 x on the vdpbf16ps kernel: tasks of 512 rows x 32 columns
 ]
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]

@@ -109,6 +109,18 @@ def test_int4_linear(backend, poisoned_outputs, batch, n, k, group_size, dtype, 
     check_int4_linear(batch, n, k, group_size, dtype, symmetric)
 
 
+# Rows of x beyond one thread's share of the GEMVs' preparation (65536 / K rows per thread).
+@pytest.mark.parametrize("dtype,rows,k", [(torch.float32, 130, 512), (torch.bfloat16, 12, 8192)])
+def test_int4_linear_prepares_x_in_row_blocks(backend, dtype, rows, k):
+    """The int4 GEMVs' reordered x and group sums are prepared in row blocks split between the
+    threads. No poisoned outputs here on purpose: NaN in an unwritten group sum would send the
+    call to the float path kept for inf / NaN in x, hiding a block written in the wrong place."""
+    x = torch.randn(rows, k).to(dtype)
+    packed, scales, zeros = int4_weight(24, k, 128, symmetric=False)
+    y = myq_kernels.int4_linear(x, packed, scales, zeros, 128)
+    assert_linear_close(y, *int4_expected(x, packed, scales, zeros, 128, None), dtype)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("zero", ["fractional", "beyond int8"])
 @pytest.mark.parametrize("rows", [1, 2, 8])
