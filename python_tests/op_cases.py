@@ -35,7 +35,9 @@ LINEAR_SHAPES = [
     ((8,), 300, 1024),
     ((9,), 65, 200),
     ((33,), 129, 1000),
-    ((130,), 96, 512),
+    ((130,), 96, 512),   # int8_linear's VNNI digits on short rows: beyond 128 rows only for
+    ((128,), 96, 512),   # weights of 3 * 2^18 elements or more (128 | 130 rows, 96 | 800 x K)
+    ((130,), 800, 1000),
     ((257,), 31, 384),
     ((64,), 33, 200),    # AVX2 gemv up to M = 64 where the weight is dequantized whole (64 | 65)
     ((65,), 33, 200),

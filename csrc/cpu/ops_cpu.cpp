@@ -163,6 +163,13 @@ constexpr int64_t kVnniMinK = 2048;
 // 1.29x, 576x1536 3.05 / 1.62 / 1.25x. Below 512 MKL wins at M = 512: K = 384 / 256 / 128
 // 0.96 / 0.85 / 0.62x. (MKL's tiles ran 1.2-2.9x slower than F.linear in some turns at M <= 128.)
 constexpr int64_t kDigitsMinK = 512;
+// ... but MKL's GEMM runs smaller weights well (576x576 at 83% of the FMA peak) and beats the
+// digits on them beyond 128 rows: digits / MKL time, M = 64 / 256 / 512: 576x576 0.89 /
+// 1.15-1.20 / 1.23x, 192x576 M = 256 1.32x, 1024x576 0.86 / 1.23 / 1.18x, 512x1024 0.73 / 1.10
+// / 1.06x, 768x768 0.85 / 0.82 / 1.24x, 768x576 0.53 / 0.80 / 1.13x; 1536x576 and 576x1536
+// (884736 weights) as above.
+constexpr int64_t kDigitsShortRowsMaxM = 128;
+constexpr int64_t kDigitsShortRowsMinWeights = 3 << 18;
 constexpr int64_t kDigitsMaxMBFloat16 = 32;
 constexpr int64_t kInt4DigitsMinM = 5;
 constexpr int64_t kInt4DigitsMaxMFloat16 = 32;
@@ -570,7 +577,9 @@ bool use_digits(Isa isa, const at::Tensor& x, int64_t M, int64_t K, int64_t N) {
   const bool bf16 = x.scalar_type() == at::kBFloat16;
   if (isa == Isa::Avx512Amx)
     return K % kAmxK == 0 && N >= kAmxTile && (!bf16 || M <= kDigitsMaxMBFloat16);
-  return isa == Isa::Avx512Vnni && M > kSmallM && K >= kDigitsMinK &&
+  const bool short_rows_ok = K >= kDigitsMinK && (M <= kDigitsShortRowsMaxM ||
+                                                  N * K >= kDigitsShortRowsMinWeights);
+  return isa == Isa::Avx512Vnni && M > kSmallM && (K >= kVnniMinK || short_rows_ok) &&
          !(bf16 && cpu_has_bf16_gemm());
 }
 
